@@ -1,0 +1,3 @@
+"""medpeft: benchmark parameter-efficient fine-tuning on medical images."""
+
+__version__ = "0.1.0"

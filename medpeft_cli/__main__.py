@@ -1,0 +1,3 @@
+from medpeft_cli.cli import main
+
+main()

@@ -1,0 +1,58 @@
+"""The in-memory form of a dataset: uint8 images, int64 labels and ids per split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One split. Treat the arrays as read-only: the bundle checksum covers their bytes."""
+
+    images: np.ndarray  # uint8, (N, H, W, 3)
+    labels: np.ndarray  # int64, (N,)
+    ids: np.ndarray  # str, (N,), stable per-sample ids such as "train-000123"
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 (N, H, W, 3), got {self.images.dtype} {self.images.shape}")
+        if self.labels.dtype != np.int64 or self.labels.ndim != 1:
+            raise ValueError(f"labels must be int64 (N,), got {self.labels.dtype} {self.labels.shape}")
+        if self.ids.ndim != 1 or len(self.images) != n or len(self.ids) != n:
+            raise ValueError(
+                f"split arrays disagree in length: images {len(self.images)}, labels {n}, ids {len(self.ids)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def make_split(name: str, images: np.ndarray, labels: np.ndarray) -> Split:
+    """Build a split with ids "<name>-<index:06d>" in array order."""
+    ids = np.array([f"{name}-{i:06d}" for i in range(len(labels))], dtype=str)
+    return Split(images=np.ascontiguousarray(images), labels=labels.astype(np.int64, copy=False), ids=ids)
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetBundle:
+    """A loaded dataset: its splits plus what a result row needs for provenance."""
+
+    name: str
+    task: str
+    class_names: list[str]
+    splits: dict[str, Split]
+    checksum: str  # "sha256:<hex>", see checksum.py
+    source: str  # human-readable origin
+
+    def __post_init__(self) -> None:
+        if tuple(self.splits) != SPLIT_NAMES:
+            raise ValueError(f"splits must be exactly {SPLIT_NAMES}, got {tuple(self.splits)}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)

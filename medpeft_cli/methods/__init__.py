@@ -1,0 +1,13 @@
+"""PEFT methods: a registry of functions that make exactly the intended parameters trainable."""
+
+from medpeft_cli.methods.registry import (
+    FAMILIES,
+    MethodInfo,
+    check_supported,
+    get_method,
+    list_methods,
+    register_method,
+    validate_options,
+)
+
+__all__ = ["FAMILIES", "MethodInfo", "check_supported", "get_method", "list_methods", "register_method", "validate_options"]

@@ -1,0 +1,24 @@
+"""Baselines of every PEFT study: full fine-tuning and linear probing."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from medpeft_cli.methods.common import freeze, train_head
+from medpeft_cli.methods.registry import register_method
+
+
+@register_method("full", families={"vit", "cnn", "other"}, kind="baseline", cite="full fine-tuning (baseline)", default_lr=1e-4)
+def full(backbone, options) -> nn.Module:
+    """Full fine-tuning: every parameter of the backbone and the head trains."""
+    for param in backbone.model.parameters():
+        param.requires_grad_(True)
+    return backbone.model
+
+
+@register_method("linear", families={"vit", "cnn", "other"}, kind="baseline", cite="linear probing (baseline)", default_lr=1e-3)
+def linear(backbone, options) -> nn.Module:
+    """Linear probing: the backbone is frozen, only the classification head trains."""
+    freeze(backbone.model)
+    train_head(backbone.model, backbone.head_name)
+    return backbone.model

@@ -1,0 +1,214 @@
+"""The DuckDB results table: schema, append, query, rebuild.
+
+DuckDB allows one process to hold a database file at a time (even read-only opens conflict), so
+every operation opens, does one short transaction and closes, and retries while another process
+holds the lock. The run directories (`runs/<run_key>/result.json`) are the source of truth: the
+table can always be rebuilt from them, so a write that gives up loses nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from medpeft_cli.errors import UserError
+
+TABLE = "runs"
+
+# Column name -> DuckDB type. New columns may be appended by later protocol versions; existing
+# databases gain them on open (ALTER TABLE ADD COLUMN), old rows read NULL there.
+COLUMNS: dict[str, str] = {
+    "run_key": "VARCHAR PRIMARY KEY",
+    "protocol_version": "INTEGER",
+    "status": "VARCHAR",
+    "task": "VARCHAR",
+    # what was run
+    "dataset": "VARCHAR",
+    "backbone": "VARCHAR",
+    "weights": "VARCHAR",
+    "method": "VARCHAR",
+    "data_fraction": "DOUBLE",
+    "seed": "INTEGER",
+    "epochs": "INTEGER",
+    "lr": "DOUBLE",
+    "batch_size": "INTEGER",
+    "image_size": "INTEGER",
+    "precision": "VARCHAR",
+    "spec_json": "VARCHAR",
+    # results (test metrics come from the epoch selected on validation macro-F1)
+    "test_macro_f1": "DOUBLE",
+    "test_accuracy": "DOUBLE",
+    "test_balanced_accuracy": "DOUBLE",
+    "test_auroc": "DOUBLE",
+    "val_macro_f1": "DOUBLE",
+    "best_epoch": "INTEGER",
+    "num_classes": "INTEGER",
+    "class_names_json": "VARCHAR",
+    "per_class_f1_json": "VARCHAR",
+    "metrics_json": "VARCHAR",
+    # size and cost
+    "train_images": "INTEGER",
+    "trainable_params": "BIGINT",
+    "head_params": "BIGINT",
+    "method_params": "BIGINT",
+    "total_params": "BIGINT",
+    "trainable_pct": "DOUBLE",
+    "wall_time_s": "DOUBLE",
+    "train_images_per_s": "DOUBLE",
+    "peak_memory_mb": "DOUBLE",
+    "memory_kind": "VARCHAR",
+    # provenance
+    "medpeft_version": "VARCHAR",
+    "git_commit": "VARCHAR",
+    "python_version": "VARCHAR",
+    "torch_version": "VARCHAR",
+    "timm_version": "VARCHAR",
+    "peft_version": "VARCHAR",
+    "accelerate_version": "VARCHAR",
+    "device": "VARCHAR",
+    "world_size": "INTEGER",
+    "container_image": "VARCHAR",
+    "dataset_checksum": "VARCHAR",
+    "dataset_source": "VARCHAR",
+    "weights_source": "VARCHAR",
+    "backbone_checksum": "VARCHAR",
+    "started_at": "VARCHAR",
+    "finished_at": "VARCHAR",
+}
+
+# How long a writer waits for another process's lock before giving up (seconds).
+LOCK_TIMEOUT_S = 120.0
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+@contextmanager
+def _connect(db_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the database (creating it and the table if needed), retrying while it is locked."""
+    db_path = Path(db_path)
+    timeout_s = LOCK_TIMEOUT_S
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the results directory {db_path.parent}: {exc.strerror}; choose a writable --db path") from None
+    deadline = time.monotonic() + timeout_s
+    delay = 0.02
+    while True:
+        try:
+            con = duckdb.connect(str(db_path))
+            break
+        except duckdb.IOException as exc:
+            if not _is_lock_error(exc):
+                raise UserError(f"cannot open results database {db_path}: {exc}; check the path is a DuckDB file you can write") from None
+            if time.monotonic() >= deadline:
+                raise UserError(
+                    f"results database {db_path} stayed locked by another process for {timeout_s:.0f} s; "
+                    "the run's files are safe in its run directory: run `medpeft store rebuild` when the other process ends"
+                ) from None
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 1.0)
+        except duckdb.Error as exc:
+            raise UserError(f"{db_path} is not a readable DuckDB database ({exc}); move it away or pass another --db") from None
+    try:
+        _ensure_schema(con)
+        yield con
+    finally:
+        con.close()
+
+
+def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    cols = ", ".join(f'"{name}" {sql_type}' for name, sql_type in COLUMNS.items())
+    con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({cols})")
+    present = {row[0] for row in con.execute(f"SELECT column_name FROM information_schema.columns WHERE table_name = '{TABLE}'").fetchall()}
+    for name, sql_type in COLUMNS.items():
+        if name not in present:
+            con.execute(f'ALTER TABLE {TABLE} ADD COLUMN "{name}" {sql_type.replace(" PRIMARY KEY", "")}')
+
+
+def _check_row(row: dict[str, Any]) -> None:
+    unknown = set(row) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"result row has columns the store does not know: {sorted(unknown)}")
+    if not row.get("run_key"):
+        raise ValueError("result row has no run_key")
+
+
+def _insert(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> bool:
+    names = list(row)
+    placeholders = ", ".join("?" for _ in names)
+    quoted = ", ".join(f'"{n}"' for n in names)
+    cur = con.execute(
+        f"INSERT INTO {TABLE} ({quoted}) VALUES ({placeholders}) ON CONFLICT (run_key) DO NOTHING RETURNING run_key",
+        [row[n] for n in names],
+    )
+    return cur.fetchone() is not None
+
+
+def append(db_path: str | Path, row: dict[str, Any], replace: bool = False) -> bool:
+    """Insert one finished run. Returns False when the run_key is already present (and not replaced)."""
+    _check_row(row)
+    with _connect(Path(db_path)) as con:
+        con.execute("BEGIN TRANSACTION")
+        if replace:
+            con.execute(f"DELETE FROM {TABLE} WHERE run_key = ?", [row["run_key"]])
+        inserted = _insert(con, row)
+        con.execute("COMMIT")
+    return inserted
+
+
+def has_run(db_path: str | Path, run_key: str) -> bool:
+    if not Path(db_path).exists():
+        return False
+    with _connect(Path(db_path)) as con:
+        return con.execute(f"SELECT count(*) FROM {TABLE} WHERE run_key = ?", [run_key]).fetchone()[0] > 0
+
+
+def delete(db_path: str | Path, run_key: str) -> None:
+    if Path(db_path).exists():
+        with _connect(Path(db_path)) as con:
+            con.execute(f"DELETE FROM {TABLE} WHERE run_key = ?", [run_key])
+
+
+def query(db_path: str | Path, where: str = "", params: list[Any] | None = None) -> list[dict[str, Any]]:
+    """All rows (optionally filtered by a SQL `where` clause with `?` params) as dicts, oldest first."""
+    db_path = Path(db_path)
+    if not db_path.exists():
+        raise UserError(f"no results database at {db_path}; run `medpeft train` first or pass --db")
+    with _connect(db_path) as con:
+        sql = f"SELECT * FROM {TABLE}" + (f" WHERE {where}" if where else "") + " ORDER BY finished_at, run_key"
+        cur = con.execute(sql, params or [])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, values)) for values in cur.fetchall()]
+
+
+def rebuild(db_path: str | Path, runs_dir: str | Path) -> int:
+    """Recreate the table from `runs_dir/*/result.json`; returns the number of rows written.
+
+    The new database is written beside the old one and renamed over it, so a failure half way
+    leaves the old database as it was.
+    """
+    from medpeft_cli.store.rundir import iter_results
+
+    db_path = Path(db_path)
+    rows = list(iter_results(Path(runs_dir)))
+    tmp = db_path.with_name(db_path.name + ".rebuild-tmp")
+    tmp.unlink(missing_ok=True)
+    with _connect(tmp) as con:
+        con.execute("BEGIN TRANSACTION")
+        for row in rows:
+            _check_row(row)
+            _insert(con, row)
+        con.execute("COMMIT")
+    tmp.replace(db_path)
+    Path(str(tmp) + ".wal").unlink(missing_ok=True)
+    return len(rows)
+

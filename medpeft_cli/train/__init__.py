@@ -1,0 +1,1 @@
+"""Training and evaluation: the Accelerate loop, metrics and saved weights."""

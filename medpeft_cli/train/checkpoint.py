@@ -1,0 +1,65 @@
+"""Saving and loading what a method trained.
+
+peft-owned methods (LoRA, ...) are saved with peft's `save_pretrained` into `adapter/` and load with
+`PeftModel.from_pretrained`. Other methods save their trainable parameters plus the buffers training
+can change (BatchNorm statistics) to `trainable.safetensors`, loaded into a fresh backbone prepared by
+the same method.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from medpeft_cli.errors import UserError
+
+ADAPTER_DIR = "adapter"
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters and persistent buffers, by state-dict key (detached, not copied)."""
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    param_names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    return {k: v for k, v in model.state_dict().items() if k in trainable or k not in param_names}
+
+
+def save_weights(model: nn.Module, out_dir: Path, peft_owned: bool) -> str:
+    """Write the trained state under out_dir; returns the relative path written."""
+    if peft_owned:
+        model.save_pretrained(str(out_dir / ADAPTER_DIR))
+        return ADAPTER_DIR
+    state = {k: v.detach().cpu().contiguous() for k, v in trainable_state(model).items()}
+    save_file(state, str(out_dir / TRAINABLE_FILE), metadata={"format": "medpeft-trainable-v1"})
+    return TRAINABLE_FILE
+
+
+def load_weights(model: nn.Module, run_dir: Path, peft_owned: bool) -> nn.Module:
+    """Load a run's saved weights into `model` (the fresh backbone, method already applied unless peft-owned)."""
+    if peft_owned:
+        from peft import PeftModel
+
+        adapter = run_dir / ADAPTER_DIR
+        if not (adapter / "adapter_config.json").is_file():
+            raise UserError(f"{run_dir} has no peft adapter ({adapter}/adapter_config.json missing); the run directory is incomplete")
+        return PeftModel.from_pretrained(model, str(adapter))
+    path = run_dir / TRAINABLE_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no {TRAINABLE_FILE}; the run directory is incomplete")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise UserError(f"{path} is not a valid safetensors file ({exc}); the run directory is damaged") from None
+    expected = set(trainable_state(model))
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        example = sorted(missing | unexpected)[:3]
+        raise UserError(
+            f"{path} does not match the backbone and method of this run ({len(missing)} missing, {len(unexpected)} unexpected keys, "
+            f"e.g. {', '.join(example)}); was the run made with another medpeft or timm version?"
+        )
+    model.load_state_dict(state, strict=False)
+    return model

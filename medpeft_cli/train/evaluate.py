@@ -1,0 +1,59 @@
+"""Re-score a saved run from its saved weights on a split (of its own or another dataset)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from medpeft_cli.config import RunSpec
+from medpeft_cli.errors import UserError
+from medpeft_cli.store import read_result
+
+SPLITS = ("train", "val", "test")
+
+
+def evaluate_run(run_dir: Path, split: str = "test", dataset: str | None = None, data_dir: Path | None = None) -> dict[str, Any]:
+    """Metrics of the saved run on `split`; the backbone is rebuilt and checked against the stored checksum."""
+    from accelerate import Accelerator
+
+    from medpeft_cli.data import load_dataset
+    from medpeft_cli.methods import get_method, validate_options
+    from medpeft_cli.models import create_backbone
+    from medpeft_cli.train.batches import InputTransform, make_loader
+    from medpeft_cli.train.checkpoint import load_weights
+    from medpeft_cli.train.classify import predict
+    from medpeft_cli.train.metrics import classification_metrics
+
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    run_dir = Path(run_dir)
+    row = read_result(run_dir)
+    try:
+        spec = RunSpec.model_validate(json.loads((run_dir / "spec.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the spec of {run_dir} ({exc}); the run directory is damaged") from None
+    data = load_dataset(dataset or spec.dataset, data_dir if data_dir is not None else spec.output.data_dir)
+    if data.num_classes != row["num_classes"]:
+        raise UserError(f"dataset {data.name} has {data.num_classes} classes but run {row['run_key']} was trained on {row['num_classes']}; evaluate on a dataset with the same classes")
+
+    info = get_method(spec.method.name)
+    options = validate_options(info, spec.method.options)
+    backbone = create_backbone(spec.backbone, spec.weights, data.num_classes, spec.image_size, spec.seed)
+    if backbone.checksum != row.get("backbone_checksum"):
+        raise UserError(
+            f"the backbone weights rebuilt for {spec.backbone} ({backbone.weights_source}) differ from those run {row['run_key']} "
+            "was trained on; use the same weights file / timm version as the run"
+        )
+    model = load_weights(backbone.model if info.peft_owned else info.apply(backbone, options), run_dir, info.peft_owned)
+
+    accelerator = Accelerator(mixed_precision=row.get("precision") or "no")
+    cfg = getattr(backbone.model, "pretrained_cfg", {}) or {}
+    transform = InputTransform(spec.image_size, cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
+    part = data.splits[split]
+    loader = make_loader(part.images, part.labels, spec.train.eval_batch_size, False, spec.seed)
+    model, loader = accelerator.prepare(model, loader)
+    preds = predict(model, loader, transform, accelerator)
+    metrics = classification_metrics(preds.probs, preds.labels, data.num_classes)
+    same = split == "test" and data.name == spec.dataset and data.checksum == row.get("dataset_checksum")
+    return {"run_key": row["run_key"], "dataset": data.name, "split": split, "metrics": metrics, "stored": row if same else None}

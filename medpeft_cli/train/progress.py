@@ -1,0 +1,66 @@
+"""Console progress for a training run: a rich bar per epoch on a terminal, one line per epoch otherwise."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class EpochProgress:
+    """Shows a bar per epoch (images done, last loss, throughput) when stderr is a terminal.
+
+    When it is not (Slurm logs, CI) only one summary line per epoch is printed; `quiet` prints nothing.
+    """
+
+    def __init__(self, console: Console, quiet: bool = False):
+        self.console = console
+        self.quiet = quiet
+        self.bars = console.is_terminal and not quiet
+        self._progress: Progress | None = None
+        self._task = None
+        self._epochs = 0
+
+    def start(self, epochs: int, images_per_epoch: int) -> None:
+        self._epochs = epochs
+        if not self.bars:
+            return
+        self._progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  val F1 {task.fields[f1]}"),
+            TextColumn("{task.fields[speed]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=images_per_epoch, epoch=1, epochs=epochs, loss="-", f1="-", speed="")
+
+    def step(self, n_images: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n_images)
+
+    def epoch_done(self, record: dict, line: str) -> None:
+        if self._progress is not None:
+            self._progress.update(
+                self._task,
+                loss=f"{record['train_loss']:.4f}",
+                f1=f"{record['val_macro_f1']:.3f}",
+                speed=f"{record['train_images_per_s']:.0f} img/s",
+            )
+            if record["epoch"] < self._epochs:
+                # Keep the finished epoch's bar on screen and start a fresh one.
+                self._progress.stop_task(self._task)
+                total = self._progress.tasks[self._task].total
+                self._task = self._progress.add_task(
+                    "train", total=total, epoch=record["epoch"] + 1, epochs=self._epochs, loss=f"{record['train_loss']:.4f}",
+                    f1=f"{record['val_macro_f1']:.3f}", speed="",
+                )
+        elif not self.quiet:
+            self.console.print(line, highlight=False)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

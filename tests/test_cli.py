@@ -1,0 +1,156 @@
+"""End to end through the `medpeft` command: train -> DuckDB row -> eval -> report, and bad input."""
+
+import json
+import shutil
+
+import duckdb
+import pytest
+import torch
+
+from conftest import TINY
+
+
+def rows(db="results/medpeft.duckdb"):
+    con = duckdb.connect(db, read_only=True)
+    try:
+        cur = con.execute("SELECT * FROM runs ORDER BY finished_at")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+    finally:
+        con.close()
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from medpeft_cli.cli import app; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_train_store_eval_report(cli, tmp_path):
+    res = cli("train", *TINY, "--method", "lora", "--quiet")
+    assert res.code == 0, res.stderr
+    [row] = rows()
+    key = row["run_key"]
+    assert f"run_key {key}" in res.stdout and "site:" in res.stdout
+    assert row["status"] == "ok" and row["method"] == "lora" and row["backbone"] == "test_vit"
+    assert row["weights_source"] == "random-init (seed 0)"
+    assert row["dataset_checksum"].startswith("sha256:") and row["backbone_checksum"].startswith("sha256:")
+    assert row["torch_version"] == torch.__version__.split("+")[0] or row["torch_version"].startswith(torch.__version__.split("+")[0])
+    assert row["trainable_params"] == 6 * (8 * 64 + 192 * 8) + 64 * 4 + 4 and row["total_params"] > row["trainable_params"]
+    assert 0 <= row["test_macro_f1"] <= 1 and row["wall_time_s"] > 0 and row["train_images_per_s"] > 0
+    assert row["train_images"] == 480  # 20 % of 2400, stratified
+    run_dir = tmp_path / "runs" / key
+    for name in ("spec.json", "metrics.json", "result.json", "predictions_test.csv", "train.log", "adapter/adapter_model.safetensors"):
+        assert (run_dir / name).is_file(), name
+    assert len((run_dir / "predictions_test.csv").read_text().splitlines()) == 600 + 1
+
+    evaluated = cli("eval", f"runs/{key}", "--json")
+    assert evaluated.code == 0, evaluated.stderr
+    data = json.loads(evaluated.stdout)
+    assert data["matches_stored"] is True
+    assert data["metrics"]["macro_f1"] == pytest.approx(row["test_macro_f1"], abs=1e-9)
+    assert data["metrics"]["auroc"] == pytest.approx(row["test_auroc"], abs=1e-6)
+
+    site = cli("report", "--out", "site2")
+    assert site.code == 0, site.stderr
+    index = (tmp_path / "site2" / "index.html").read_text()
+    assert "synthetic-lesions" in index and "lora" in index and f"runs/{key}.html" in index
+    assert key in (tmp_path / "site2" / "runs" / f"{key}.html").read_text()
+
+
+def test_rerun_is_skipped_and_force_replaces(cli):
+    assert cli("train", *TINY, "--method", "linear", "-q", "--no-site").code == 0
+    again = cli("train", *TINY, "--method", "linear", "-q", "--no-site")
+    assert again.code == 0 and "already finished" in again.stdout
+    assert len(rows()) == 1
+    forced = cli("train", *TINY, "--method", "linear", "-q", "--no-site", "--force")
+    assert forced.code == 0 and "already finished" not in forced.stdout
+    assert len(rows()) == 1
+
+
+def test_bitfit_seed_and_config_with_override(cli, tmp_path):
+    assert cli("train", *TINY, "--method", "bitfit", "--seed", "1", "-q", "--no-site").code == 0
+    (tmp_path / "run.yaml").write_text("backbone: test_vit\nimage_size: 32\ndata_fraction: 0.2\nmethod: {name: lora, rank: 16}\ntrain: {epochs: 1}\n")
+    assert cli("train", "--config", "run.yaml", "--set", "method.rank=4", "-q", "--no-site").code == 0
+    by_method = {r["method"]: r for r in rows()}
+    assert by_method["bitfit"]["seed"] == 1
+    assert json.loads(by_method["lora"]["spec_json"])["method"] == {"name": "lora", "rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": ["qkv"]}
+
+
+def test_store_rebuild_restores_every_row(cli, tmp_path):
+    for method in ("linear", "bitfit"):
+        assert cli("train", *TINY, "--method", method, "-q", "--no-site").code == 0
+    before = {r["run_key"]: r["test_macro_f1"] for r in rows()}
+    (tmp_path / "results" / "medpeft.duckdb").unlink()
+    res = cli("store", "rebuild")
+    assert res.code == 0 and "2 runs" in res.stdout
+    assert {r["run_key"]: r["test_macro_f1"] for r in rows()} == before
+
+
+def test_breastmnist_from_the_shared_file(cli, breastmnist_dir):
+    res = cli("train", "--dataset", "breastmnist", "--data-dir", breastmnist_dir, *TINY, "--method", "linear", "-q", "--no-site")
+    assert res.code == 0, res.stderr
+    [row] = rows()
+    assert row["num_classes"] == 2 and json.loads(row["class_names_json"]) == ["malignant", "normal, benign"]
+    assert "md5=750601b1f35ba3300ea97c75c52ff8f6" in row["dataset_source"] or "breastmnist.npz" in row["dataset_source"]
+
+
+def _bad_npz(tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "breastmnist.npz").write_bytes(b"PK\x03\x04 definitely not the official file")
+    return ["--dataset", "breastmnist", "--data-dir", "bad"]
+
+
+def _pickled_weights(tmp_path):
+    import argparse
+
+    # A torch checkpoint holding an arbitrary Python object: loading it would run pickle code.
+    torch.save({"state": argparse.Namespace(w=torch.zeros(2))}, tmp_path / "evil.pth")
+    return ["--weights", "evil.pth"]
+
+
+BAD_INPUTS = [
+    ("unknown method", lambda p: ["--method", "nope"], "unknown method 'nope'"),
+    ("unknown dataset", lambda p: ["--dataset", "nope"], "unknown dataset"),
+    ("unknown backbone", lambda p: ["--backbone", "vit_tny_patch16"], "unknown backbone"),
+    ("unsupported pair", lambda p: ["--backbone", "test_resnet", "--method", "lora"], "does not support backbone 'test_resnet'"),
+    ("missing npz", lambda p: ["--dataset", "breastmnist", "--data-dir", "empty"], "breastmnist.npz not found"),
+    ("wrong md5", _bad_npz, "expected 750601b1f35ba3300ea97c75c52ff8f6"),
+    ("invalid yaml", lambda p: (p / "bad.yaml").write_text("method: [lora\n") and ["--config", "bad.yaml"], "not valid YAML"),
+    ("negative lr", lambda p: ["--lr", "-0.1"], "train.lr: Input should be greater than 0"),
+    ("fraction out of range", lambda p: ["--data-fraction", "1.5"], "data_fraction"),
+    ("unknown key", lambda p: ["--set", "optimiser=sgd"], "optimiser: unknown key"),
+    ("bad method option", lambda p: ["--set", "method.rank=0"], "invalid options for method 'lora'"),
+    ("pickled checkpoint", _pickled_weights, "refusing to load"),
+    ("missing weights file", lambda p: ["--weights", "nothere.safetensors"], "does not exist"),
+    ("pretrained offline", lambda p: ["--weights", "pretrained"], "could not load pretrained weights"),
+]
+
+
+@pytest.mark.parametrize("name, make_args, message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_one_clear_line_and_writes_nothing(cli, tmp_path, name, make_args, message):
+    (tmp_path / "empty").mkdir(exist_ok=True)
+    args = make_args(tmp_path)
+    res = cli("train", "--backbone", "test_vit", "--image-size", "32", "--epochs", "1", *args, "-q")
+    assert res.code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medpeft: error: "), res.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists() and not (tmp_path / "site").exists()
+
+
+def test_eval_of_a_directory_that_is_not_a_run(cli, tmp_path):
+    (tmp_path / "notarun").mkdir()
+    res = cli("eval", "notarun")
+    assert res.code == 2 and "not a finished medpeft run" in res.stderr
+
+
+def test_methods_and_datasets_listings(cli):
+    methods = cli("methods")
+    assert methods.code == 0 and all(m in methods.stdout for m in ("full", "linear", "bitfit", "lora"))
+    datasets = cli("datasets")
+    assert datasets.code == 0 and "synthetic-lesions" in datasets.stdout and "breastmnist" in datasets.stdout
+    info = cli("datasets", "info", "breastmnist")
+    assert info.code == 0 and "CC BY 4.0" in info.stdout

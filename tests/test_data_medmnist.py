@@ -1,0 +1,170 @@
+"""MedMNIST loading: the real BreastMNIST file, the search path, download and every user error."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medpeft_cli.data import get_dataset_entry, load_dataset
+from medpeft_cli.data.medmnist import file_md5, load_medmnist, load_medmnist_npz, verify_md5
+from medpeft_cli.errors import UserError
+
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "breastmnist"
+ENTRY = get_dataset_entry("breastmnist")
+
+
+@pytest.fixture(scope="module")
+def real_file():
+    path = SHARED_DIR / "breastmnist.npz"
+    if not path.is_file():
+        pytest.skip(f"BreastMNIST file not found at {path} (../shared/data is absent in a user's clone)")
+    return path
+
+
+def _one_line_error(excinfo):
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    return msg
+
+
+# --- the real file ------------------------------------------------------------------------------
+
+
+def test_breastmnist_counts_and_arrays(real_file):
+    bundle = load_dataset("breastmnist", SHARED_DIR, download=False)
+    assert bundle.name == "breastmnist" and bundle.task == "multiclass" and bundle.num_classes == 2
+    assert bundle.class_names == ["malignant", "normal, benign"]
+    expected = {"train": (546, [147, 399]), "val": (78, [21, 57]), "test": (156, [42, 114])}
+    for name, (n, per_class) in expected.items():
+        split = bundle.splits[name]
+        assert split.images.shape == (n, 28, 28, 3) and split.images.dtype == np.uint8
+        assert split.labels.shape == (n,) and split.labels.dtype == np.int64
+        assert np.bincount(split.labels, minlength=2).tolist() == per_class
+        assert split.ids[0] == f"{name}-000000" and len(set(split.ids.tolist())) == n
+        # grayscale repeated to 3 identical channels
+        assert np.array_equal(split.images[..., 0], split.images[..., 2])
+    assert "md5=750601b1f35ba3300ea97c75c52ff8f6" in bundle.source and str(real_file) in bundle.source
+
+
+def test_breastmnist_md5_and_checksum_are_stable(real_file):
+    verify_md5(real_file, ENTRY.md5)
+    a = load_dataset("breastmnist", SHARED_DIR, download=False)
+    b = load_dataset("breastmnist", SHARED_DIR, download=False)
+    assert a.checksum == b.checksum and a.checksum.startswith("sha256:")
+
+
+@pytest.mark.parametrize("layout", ["{file}", "breastmnist/{file}", "medmnist/{file}"])
+def test_search_paths(real_file, tmp_path, layout):
+    dest = tmp_path / layout.format(file=ENTRY.file)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(real_file, dest)
+    bundle = load_dataset("breastmnist", tmp_path, download=False)
+    assert str(dest.resolve()) in bundle.source and len(bundle.splits["train"]) == 546
+
+
+def test_download_to_cache(real_file, tmp_path):
+    entry = ENTRY.model_copy(update={"download_url": real_file.as_uri()})  # file:// stands in for Zenodo
+    bundle = load_medmnist(entry, tmp_path, download=True)
+    assert (tmp_path / "medmnist" / ENTRY.file).is_file()
+    assert len(bundle.splits["test"]) == 156
+    assert [p.name for p in (tmp_path / "medmnist").iterdir()] == [ENTRY.file]  # no temp files left
+
+
+def test_download_with_wrong_md5_keeps_nothing(real_file, tmp_path):
+    entry = ENTRY.model_copy(update={"download_url": real_file.as_uri(), "md5": "0" * 32})
+    with pytest.raises(UserError, match="downloaded breastmnist.npz .* has MD5") as err:
+        load_medmnist(entry, tmp_path, download=True)
+    _one_line_error(err)
+    assert list((tmp_path / "medmnist").iterdir()) == []
+
+
+def test_changed_byte_fails_md5(real_file, tmp_path):
+    data = bytearray(real_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / ENTRY.file).write_bytes(bytes(data))
+    with pytest.raises(UserError, match="expected 750601b1f35ba3300ea97c75c52ff8f6 .*delete it") as err:
+        load_dataset("breastmnist", tmp_path, download=False)
+    _one_line_error(err)
+
+
+# --- missing files and downloads that fail -----------------------------------------------------
+
+
+def test_missing_file_without_download(tmp_path):
+    with pytest.raises(UserError) as err:
+        load_dataset("breastmnist", tmp_path, download=False)
+    msg = _one_line_error(err)
+    assert "breastmnist.npz not found" in msg and "download is off" in msg and "--data-dir" in msg
+    for searched in (tmp_path / "breastmnist.npz", tmp_path / "breastmnist" / "breastmnist.npz"):
+        assert str(searched) in msg
+    assert ENTRY.download_url in msg
+
+
+def test_failed_download(tmp_path):
+    entry = ENTRY.model_copy(update={"download_url": (tmp_path / "nowhere.npz").as_uri()})
+    with pytest.raises(UserError, match="downloading it to .* failed") as err:
+        load_medmnist(entry, tmp_path / "data", download=True)
+    assert str(tmp_path / "data" / "medmnist" / "breastmnist.npz") in _one_line_error(err)
+
+
+# --- content errors, on small hand-made files ----------------------------------------------------
+
+
+def _npz(tmp_path, drop=(), labels=None, images=None):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 8), ("val", 4), ("test", 4)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) if images is None else images(n)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 1), dtype=np.uint8) if labels is None else labels(n)
+    for key in drop:
+        del arrays[key]
+    path = tmp_path / ENTRY.file
+    np.savez(path, **arrays)
+    return path, ENTRY.model_copy(update={"md5": file_md5(path)})
+
+
+def test_small_valid_file(tmp_path):
+    path, entry = _npz(tmp_path)
+    bundle = load_medmnist(entry, tmp_path, download=False)
+    assert bundle.splits["train"].images.shape == (8, 28, 28, 3)
+    assert bundle.splits["val"].labels.dtype == np.int64
+
+
+def test_rgb_images_are_kept(tmp_path):
+    path, entry = _npz(tmp_path, images=lambda n: np.full((n, 28, 28, 3), 7, np.uint8))
+    assert load_medmnist_npz(path, entry).splits["test"].images.shape == (4, 28, 28, 3)
+
+
+def test_missing_key(tmp_path):
+    path, entry = _npz(tmp_path, drop=["val_labels"])
+    with pytest.raises(UserError, match="lacks val_labels") as err:
+        load_medmnist(entry, tmp_path, download=False)  # MD5 matches, so the content check speaks
+    _one_line_error(err)
+
+
+def test_label_out_of_range(tmp_path):
+    path, entry = _npz(tmp_path, labels=lambda n: np.full((n, 1), 2, np.uint8))
+    with pytest.raises(UserError, match=r"label 2 outside 0\.\.1") as err:
+        load_medmnist_npz(path, entry)
+    _one_line_error(err)
+
+
+def test_multilabel_is_rejected(tmp_path):
+    path, entry = _npz(tmp_path, labels=lambda n: np.zeros((n, 3), np.uint8))
+    with pytest.raises(UserError, match="multi-label"):
+        load_medmnist_npz(path, entry)
+
+
+def test_wrong_resolution(tmp_path):
+    path, entry = _npz(tmp_path, images=lambda n: np.zeros((n, 64, 64), np.uint8))
+    with pytest.raises(UserError, match="64x64, but datasets.yaml says breastmnist is 28x28"):
+        load_medmnist_npz(path, entry)
+
+
+def test_not_an_npz(tmp_path):
+    path = tmp_path / ENTRY.file
+    path.write_bytes(b"this is not a zip file")
+    with pytest.raises(UserError, match=r"is not an \.npz \(zip\) file") as err:
+        load_medmnist_npz(path, ENTRY)
+    _one_line_error(err)
