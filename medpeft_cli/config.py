@@ -39,7 +39,7 @@ class MethodSpec(BaseModel):
 
 
 class TrainOptions(_Strict):
-    epochs: int = Field(10, ge=1, le=10_000)
+    epochs: int = Field(5, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1)
     lr: float | None = Field(None, gt=0, description="None = the method's default learning rate")
     weight_decay: float = Field(0.05, ge=0)
