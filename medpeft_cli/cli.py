@@ -7,6 +7,7 @@ so `medpeft --help` stays instant.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -38,12 +39,19 @@ DEFAULT_RUNS = Path("runs")
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config; flags and --set override it.")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set method.rank=4 --set train.lr=3e-4")] = None,
+    task: Annotated[Optional[str], typer.Option(help="classification (timm backbone) | t2i (Stable Diffusion U-Net, FID/KID; defaults: synthetic-captions, tiny-sd).")] = None,
+    fid_features: Annotated[Optional[str], typer.Option(help="t2i: FID/KID features: inception | dinov2 | <timm name>[@random|@FILE].")] = None,
+    fid_samples: Annotated[Optional[int], typer.Option(help="t2i: images generated per seed from held-out prompts [default: 1000; tiny-sd 100].")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset name from datasets.yaml (`medpeft datasets`).")] = None,
     backbone: Annotated[Optional[str], typer.Option(help="timm model name, e.g. vit_tiny_patch16_224, resnet50.")] = None,
     weights: Annotated[Optional[str], typer.Option(help="'random', 'pretrained' (hub/cache) or a .safetensors/.pth file.")] = None,
     method: Annotated[Optional[str], typer.Option(help="PEFT method (`medpeft methods`).")] = None,
+    param_budget: Annotated[Optional[str], typer.Option(help="Method parameters (head excluded): '0.5%' of the backbone or a count (150k); sets the method's size knob.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, data order and data subset.")] = None,
     data_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the training split in (0, 1] (stratified, nested).")] = None,
+    shots: Annotated[Optional[int], typer.Option(help="k training images per class instead of a fraction (nested in k).")] = None,
+    class_weighting: Annotated[Optional[str], typer.Option(help="Class imbalance: none | loss (weighted cross-entropy) | sampler (balanced batches).")] = None,
+    data_resolution: Annotated[Optional[int], typer.Option(help="Resolution of the dataset files (MedMNIST 28/64/128/224, prepared data) [default: the registry's].")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution in pixels.")] = None,
     epochs: Annotated[Optional[int], typer.Option()] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
@@ -54,8 +62,10 @@ def train(
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset files/cache [default: $MEDPEFT_DATA_DIR or ~/.cache/medpeft/data].")] = None,
     site: Annotated[Optional[Path], typer.Option(help="Rebuild the leaderboard site here after the run.")] = Path("site"),
     no_site: Annotated[bool, typer.Option("--no-site", help="Do not rebuild the site.")] = False,
-    force: Annotated[bool, typer.Option(help="Rerun even if this run key is already finished (replaces it).")] = False,
+    force: Annotated[bool, typer.Option(help="Rerun even if this run key is already finished (replaces it); starts over an interrupted run.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of this key from its last checkpoint (runs/.partial/<key>/); starts fresh when there is none.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    num_processes: Annotated[int, typer.Option("--num-processes", help="Data-parallel processes through Accelerate (GPUs; gloo on CPU). Same results semantics.")] = 1,
 ) -> None:
     """Train one run (dataset x backbone x method x fraction x seed) and append its result row.
 
@@ -63,19 +73,29 @@ def train(
     offline, in a few minutes on a laptop CPU.
     """
     flags = {
-        "dataset": dataset, "backbone": backbone, "weights": weights, "method": method, "seed": seed,
-        "data_fraction": data_fraction, "image_size": image_size, "train.epochs": epochs,
+        "task": task, "t2i.fid_features": fid_features, "t2i.fid_samples": fid_samples,
+        "dataset": dataset, "backbone": backbone, "weights": weights, "method": method, "seed": seed, "param_budget": param_budget,
+        "data_fraction": data_fraction, "shots": shots, "train.class_weighting": class_weighting,
+        "data_resolution": data_resolution, "image_size": image_size, "train.epochs": epochs,
         "train.batch_size": batch_size, "train.lr": lr, "train.precision": precision,
         "output.runs_dir": runs_dir, "output.db": db, "output.data_dir": data_dir,
     }  # fmt: skip
     spec = build_spec(config, flags, overrides)
+    if num_processes != 1:
+        from medpeft_cli.sweep.launch import relaunch_train
+
+        raise typer.Exit(relaunch_train(spec, num_processes, force=force, quiet=quiet, site=None if no_site else site))
 
     from medpeft_cli.train.progress import EpochProgress
+    from medpeft_cli.train.runner import RunDiverged
     from medpeft_cli.train.runner import train as run_training
 
-    if not quiet:
+    if not quiet and os.environ.get("RANK", "0") == "0":  # once per multi-process launch
         err.print(f"training {spec.method.name} on {spec.dataset} with {spec.backbone} ({spec.weights} weights), seed {spec.seed}")
-    outcome = run_training(spec, force=force, progress=EpochProgress(err, quiet=quiet))
+    try:
+        outcome = run_training(spec, force=force, progress=EpochProgress(err, quiet=quiet), resume=resume)
+    except RunDiverged as exc:  # stored with status 'diverged'; the summary says so
+        outcome = exc.outcome
     if not outcome.row:  # a non-main process of a multi-process launch
         return
     row = outcome.row
@@ -87,21 +107,51 @@ def train(
     if not no_site and site is not None:
         from medpeft_cli.report import build_site_from_db
 
-        index = build_site_from_db(spec.output.db, site)
+        index = build_site_from_db(spec.output.db, site, methods=_method_catalog(), runs_dir=spec.output.runs_dir)
         out.print(f"site:  {index}")
 
 
 def _print_run_summary(row: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{row['method']} on {row['dataset']} / {row['backbone']} (seed {row['seed']})", title_justify="left")
-    for column in ("test macro-F1", "accuracy", "balanced acc.", "AUROC", "best epoch", "trainable params"):
+    if row.get("task") == "t2i":
+        _print_t2i_summary(row)
+        return
+    if row.get("status") != "ok":
+        out.print(f"{row['method']} on {row['dataset']} / {row['backbone']} (seed {row['seed']}): [bold red]{row.get('status')}[/]: {row.get('status_detail') or ''}")
+        out.print("stored with no metrics (the site shows the status); lower the learning rate and rerun with --force")
+        return
+    table = Table(title=f"{row['method']} on {row['dataset']} / {row['backbone']} (seed {row['seed']}), test split", title_justify="left")
+    for column in ("macro-F1", "accuracy", "bal. acc.", "AUROC", "best epoch"):
         table.add_column(column, justify="right")
     table.add_row(
         f"{row['test_macro_f1']:.4f}", f"{row['test_accuracy']:.4f}", f"{row['test_balanced_accuracy']:.4f}",
-        f"{row['test_auroc']:.4f}", str(row["best_epoch"]), f"{row['trainable_params']:,} ({row['trainable_pct']:.2f} %)",
+        f"{row['test_auroc']:.4f}", f"{row['best_epoch']} of {row['epochs']}",
     )
     out.print(table)
+    if row.get("method_params") is not None:
+        budget = f" (budget {row['param_budget']:,})" if row.get("param_budget") is not None else ""
+        out.print(f"params: method {row['method_params']:,}{budget} + head {row['head_params']:,} of {row['total_params']:,} total")
+
+
+def _print_t2i_summary(row: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{row['method']} on {row['dataset']} / {row['backbone']} (seed {row['seed']}, t2i)", title_justify="left")
+    for column in ("FID", "KID", "features", "images x seeds", "val loss", "trainable params"):
+        table.add_column(column, justify="right")
+    seeds = json.loads(row.get("fid_seeds") or "[]")
+    table.add_row(
+        _pm(row["test_fid"], row.get("test_fid_std"), 3), _pm(row["test_kid"], row.get("test_kid_std"), 5), str(row["fid_features"]),
+        f"{row['fid_samples']} x {len(seeds)}", "-" if row.get("val_loss") is None else f"{row['val_loss']:.4f}",
+        f"{row['trainable_params']:,} ({row['trainable_pct']:.2f} %)",
+    )
+    out.print(table)
+    out.print(f"train: {row['train_images_per_s']:.1f} img/s; generate: {row.get('generate_images_per_s') or 0:.1f} img/s; weights: {row['weights_source']}")
+
+
+def _pm(mean: float, std: float | None, digits: int) -> str:
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
 @app.command("eval")
@@ -111,11 +161,27 @@ def eval_(
     dataset: Annotated[Optional[str], typer.Option(help="Score on another dataset with the same classes.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset files/cache directory.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    fid_features: Annotated[Optional[str], typer.Option(help="t2i runs: score in these features instead (inception | dinov2 | <timm name>[@random|@FILE]).")] = None,
+    fid_samples: Annotated[Optional[int], typer.Option(help="t2i runs: images per seed instead of the run's.")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="t2i runs: comma-separated generation seeds instead of the run's, e.g. 0,1,2,3.")] = None,
+    samples: Annotated[Optional[Path], typer.Option(help="t2i runs: also write a PNG grid of generated samples here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """Re-score a saved run from its saved weights."""
+    """Re-score a saved run from its saved weights (t2i runs: generate from the test prompts again, FID/KID)."""
     from medpeft_cli.train.evaluate import evaluate_run
 
-    result = evaluate_run(run_dir, split=split, dataset=dataset, data_dir=data_dir)
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()] if seeds else None
+    except ValueError:
+        raise UserError(f"--seeds {seeds!r} is not a comma-separated list of integers, e.g. 0,1,2,3") from None
+    t2i = {"fid_features": fid_features, "fid_samples": fid_samples, "fid_seeds": seed_list, "samples_out": samples,
+           "log": (lambda line: None) if quiet else (lambda line: err.print(line, highlight=False))}
+    result = evaluate_run(run_dir, split=split, dataset=dataset, data_dir=data_dir, t2i=t2i)
+    if result.get("task") == "t2i":
+        _print_t2i_eval(result, as_json)
+        return
+    if any(v is not None for v in (fid_features, fid_samples, seeds, samples)):
+        raise UserError("--fid-features, --fid-samples, --seeds and --samples apply to text-to-image runs only")
     metrics = result["metrics"]
     if as_json:
         out.print_json(json.dumps({k: v for k, v in result.items() if k != "stored"} | {"matches_stored": _matches(result)}))
@@ -134,6 +200,33 @@ def eval_(
         out.print("matches the stored test metrics" if _matches(result) else "[bold red]differs from the stored test metrics[/]")
 
 
+def _print_t2i_eval(result: dict, as_json: bool) -> None:
+    m, stored = result["metrics"], result["stored"]
+    matches = None if not stored else all(
+        abs(m[k] - stored["test_" + k]) <= 1e-6 * max(1.0, abs(stored["test_" + k])) for k in ("fid", "kid")
+    )
+    if as_json:
+        out.print_json(json.dumps({k: v for k, v in result.items() if k != "stored"} | {"matches_stored": matches}))
+        return
+    from rich.table import Table
+
+    out.print(f"run {result['run_key']} on {result['dataset']} test prompts: {m['samples']} images x seeds {m['seeds']}, features {m['features']}")
+    table = Table()
+    for column in ("metric", "value", "stored"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, digits in (("fid", 3), ("fid_std", 3), ("kid", 5), ("kid_std", 5)):
+        value = m[name]
+        table.add_row(name, "-" if value is None else f"{value:.{digits}f}",
+                      "" if not stored or stored.get("test_" + name) is None else f"{stored['test_' + name]:.{digits}f}")
+    out.print(table)
+    if result.get("samples"):
+        out.print(f"samples: {result['samples']}")
+    if stored:
+        out.print("matches the stored test metrics" if matches else "[bold red]differs from the stored test metrics[/]")
+    else:
+        out.print("other settings than the stored run's: not compared (results are not stored)")
+
+
 def _matches(result: dict) -> bool | None:
     stored = result["stored"]
     if not stored:
@@ -143,37 +236,138 @@ def _matches(result: dict) -> bool | None:
 
 @app.command()
 def report(
-    out_dir: Annotated[Path, typer.Option("--out", help="Output directory of the static site.")] = Path("site"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory of the static site (replaced on every build).")] = Path("site"),
     db: Annotated[Path, typer.Option(help="DuckDB results file.")] = DEFAULT_DB,
     title: Annotated[str, typer.Option(help="Site title.")] = "medpeft leaderboard",
+    base_url: Annotated[Optional[str], typer.Option(help="Where the site will be published, e.g. https://you.github.io/medpeft/ (canonical links, sitemap.xml); links stay relative.")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Run directories: confusion matrices, samples and small files are published from here when present.")] = DEFAULT_RUNS,
 ) -> None:
-    """Render the static leaderboard site from the results store (opens from file://)."""
-    from medpeft_cli.report import build_site_from_db
+    """Render the static leaderboard site from the results store (opens from file://, no network)."""
+    from medpeft_cli.report import build_site
+    from medpeft_cli.report.render import check_base_url
+    from medpeft_cli.store.results import query
 
-    index = build_site_from_db(db, out_dir, title=title)
-    out.print(f"site: {index}")
+    check_base_url(base_url)
+    rows = query(db)  # before reading the method registry (which imports torch): a wrong --db fails fast
+    index = build_site(rows, out_dir, title=title, db_label=str(db), methods=_method_catalog(), runs_dir=runs_dir, base_url=base_url)
+    out.print(f"site: {index} ({len(rows)} runs)")
+
+
+def _method_catalog() -> list[dict]:
+    """The method registry as plain data for the site (the report package never imports torch)."""
+    from medpeft_cli.methods import list_methods
+
+    return [
+        {"name": m.name, "task": m.task, "kind": m.kind, "families": sorted(m.families), "cite": m.cite,
+         "summary": m.summary, "default_lr": m.default_lr, "url": m.url, "knob": m.knob,
+         "mergeable": m.merge is not None, "peft": m.peft_owned}
+        for m in list_methods()
+    ]  # fmt: skip
 
 
 @app.command()
 def methods(
-    details: Annotated[bool, typer.Option("--details", help="Also show each method's description and options.")] = False,
+    details: Annotated[bool, typer.Option("--details", help="Each method's description, options, size knob, merge support and citation.")] = False,
+    matrix: Annotated[bool, typer.Option("--matrix", help="Only the method x backbone-family capability matrix.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The capability matrix as JSON (for the site and scripts).")] = False,
+    count: Annotated[Optional[str], typer.Option("--count", metavar="BACKBONE", help="Count every method's parameters on this timm backbone (no weights needed).")] = None,
+    num_classes: Annotated[int, typer.Option(help="Classes of the head for --count.")] = 3,
+    image_size: Annotated[int, typer.Option(help="Input size for --count (ViT position embeddings depend on it).")] = 224,
+    task: Annotated[str, typer.Option(help="classification | t2i (methods for the Stable Diffusion U-Net).")] = "classification",
 ) -> None:
     """List the PEFT methods (read from the method registry)."""
     from rich.table import Table
 
-    from medpeft_cli.methods import FAMILIES, list_methods
+    from medpeft_cli.methods import FAMILIES, FAMILY_DESCRIPTIONS, capability_matrix, list_methods
 
-    table = Table(title="methods", title_justify="left")
-    for column in ("name", "kind", *FAMILIES, "default lr", "reference"):
+    if task == "t2i":
+        _print_t2i_methods(details)
+        return
+    if task != "classification":
+        raise UserError(f"unknown task {task!r}; choose classification or t2i")
+    if as_json:
+        out.print_json(json.dumps({"families": FAMILY_DESCRIPTIONS, "methods": capability_matrix()}))
+        return
+    if count:
+        _print_parameter_table(count, image_size, num_classes)
+        return
+    table = Table(title="capability matrix (method x backbone family)" if matrix else "methods", title_justify="left")
+    columns = ("method", *FAMILIES) if matrix else ("name", "kind", *FAMILIES, "size knob", "merge", "default lr", "reference")
+    for column in columns:
         table.add_column(column)
-    for info in list_methods():
+    for info in list_methods("classification"):
         marks = ["yes" if f in info.families else "-" for f in FAMILIES]
-        table.add_row(info.name, info.kind, *marks, f"{info.default_lr:g}", info.cite)
+        if matrix:
+            table.add_row(info.name, *marks)
+        else:
+            table.add_row(info.name, info.kind, *marks, info.knob or "-", "yes" if info.merge else "-", f"{info.default_lr:g}", info.cite.split(":")[0])
+    out.print(table)
+    out.print("families: " + "; ".join(f"{f} = {d}" for f, d in FAMILY_DESCRIPTIONS.items()))
+    if details:
+        for info in list_methods("classification"):
+            options = ", ".join(f"{n}={f.default!r}" if f.default_factory is None else f"{n}={f.default_factory()!r}" for n, f in info.options.model_fields.items())
+            saved = "peft adapter (PeftModel.from_pretrained)" if info.peft_owned else "trainable.safetensors"
+            out.print(
+                f"[bold]{info.name}[/] ({info.kind}; {', '.join(f for f in FAMILIES if f in info.families)}): {info.summary}\n"
+                f"  options: {options or 'none'}\n  size knob for --param-budget: {info.knob or 'none (fixed size)'}\n"
+                f"  saved as: {saved}; medpeft export --merge: {'yes' if info.merge else 'no (adds non-linear modules or tokens)'}\n"
+                f"  cite: {info.cite}{'  ' + info.url if info.url else ''}"
+            )
+
+
+def _print_t2i_methods(details: bool) -> None:
+    from rich.table import Table
+
+    from medpeft_cli.methods import list_methods
+
+    table = Table(title="text-to-image methods (Stable Diffusion U-Net; text encoder and VAE frozen)", title_justify="left")
+    for column in ("name", "kind", "what trains", "default lr", "saved as", "reference"):
+        table.add_column(column)
+    for info in list_methods("t2i"):
+        saved = "diffusers LoRA (adapter/)" if info.peft_owned else "trainable.safetensors"
+        table.add_row(info.name, info.kind, info.summary, f"{info.default_lr:g}", saved, info.cite)
     out.print(table)
     if details:
-        for info in list_methods():
+        for info in list_methods("t2i"):
             options = ", ".join(f"{n}={f.default!r}" if f.default_factory is None else f"{n}={f.default_factory()!r}" for n, f in info.options.model_fields.items())
             out.print(f"[bold]{info.name}[/]: {info.summary}\n  options: {options or 'none'}\n  cite: {info.cite}")
+
+
+def _print_parameter_table(backbone: str, image_size: int, num_classes: int) -> None:
+    from rich.table import Table
+
+    from medpeft_cli.methods.accounting import parameter_table
+
+    rows = parameter_table(backbone, image_size, num_classes)
+    base = next((r["backbone_params"] for r in rows if "backbone_params" in r), None)
+    title = f"trainable parameters on {backbone} ({num_classes} classes, {image_size} px; backbone without head: {base:,})" if base else backbone
+    table = Table(title=title, title_justify="left")
+    for column in ("method", "method params", "head params", "trainable", "% of backbone", "total"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        if "error" not in r:
+            table.add_row(r["method"], f"{r['method_params']:,}", f"{r['head_params']:,}", f"{r['trainable_params']:,}", f"{r['method_pct']:.3f}", f"{r['total_params']:,}")
+    out.print(table)
+    for r in rows:
+        if "error" in r:
+            out.print(f"{r['method']}: not counted: {r['error']}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/<run_key>.")],
+    merge: Annotated[bool, typer.Option("--merge", help="Fold the trained method into the backbone weights (required).")] = False,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Output .safetensors file [default: <run_key>-merged.safetensors].")] = None,
+) -> None:
+    """Write a run's model as a plain timm state dict (safetensors) with the method merged into the weights."""
+    if not merge:
+        raise UserError("pass --merge: export writes a plain timm state dict with the method folded into the weights (the unmerged weights already are in the run directory)")
+    from medpeft_cli.export import export_merged
+
+    result = export_merged(run_dir, out_path)
+    out.print(f"merged {result['method']} into {result['backbone']}: {result['path']}")
+    out.print(f"max |merged - adapted| / max |adapted| logits on {result['checked_images']} random images: {result['max_rel_diff']:.2e}")
+    out.print(f"plain timm weights: timm.create_model({result['backbone']!r}, num_classes={result['num_classes']}) (ViTs: img_size={result['image_size']}), then load_state_dict(safetensors.torch.load_file(path))")
 
 
 datasets_app = typer.Typer(help="Datasets in the registry (datasets.yaml).", invoke_without_command=True)
@@ -189,28 +383,141 @@ def datasets(ctx: typer.Context) -> None:
 
 @datasets_app.command("list")
 def datasets_list() -> None:
-    """List the datasets in the registry."""
+    """List the datasets in the registry (and how each is obtained)."""
     from rich.table import Table
 
     from medpeft_cli.data import list_datasets
 
     table = Table(title="datasets", title_justify="left")
-    for column in ("name", "kind", "modality", "classes", "license"):
-        table.add_column(column)
+    for column in ("name", "task", "modality", "classes", "access", "license"):
+        table.add_column(column, no_wrap=column == "name")
     for entry in list_datasets():
-        table.add_row(entry.name, entry.kind, entry.modality, str(len(entry.classes)), entry.license)
+        n = str(len(entry.classes)) if entry.classes else ("from data" if getattr(entry, "classes_from_data", False) else "-")
+        if getattr(entry, "expected_classes", None):
+            n = str(entry.expected_classes)
+        table.add_row(entry.name, entry.task, entry.modality, n, entry.access, entry.license)
     out.print(table)
 
 
 @datasets_app.command("info")
-def datasets_info(name: Annotated[str, typer.Argument(help="Dataset name.")]) -> None:
+def datasets_info(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset files/cache directory.")] = None,
+) -> None:
     """Show one dataset's registry entry (source, licence, classes, how to obtain it)."""
-    from medpeft_cli.data import get_dataset_entry
+    from medpeft_cli.data import default_data_dir, get_dataset_entry
+    from medpeft_cli.data.prepared import available_resolutions
 
     entry = get_dataset_entry(name)
-    data = entry.model_dump(mode="json") if hasattr(entry, "model_dump") else vars(entry)
+    data = entry.model_dump(mode="json")
+    data["access"] = entry.access
     for key, value in data.items():
+        if value is None or value == [] or key == "files":
+            continue
         out.print(f"[bold]{key}[/]: {value}")
+    if getattr(entry, "files", None):
+        for res, f in sorted(entry.files.items()):
+            out.print(f"[bold]file {res} px[/]: {f.file} md5={f.md5} {f.download_url}")
+    have = available_resolutions(data_dir or default_data_dir(), name)
+    out.print(f"[bold]prepared here[/]: {', '.join(f'{r} px' for r in have) if have else 'no'}")
+
+
+@datasets_app.command("download")
+def datasets_download(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    resolution: Annotated[Optional[list[int]], typer.Option("--resolution", "-r", help="MedMNIST file resolution(s): 28, 64, 128, 224 [default: 28].")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where to put the files [default: $MEDPEFT_DATA_DIR or ~/.cache/medpeft/data].")] = None,
+) -> None:
+    """Download a dataset where its source allows it (MedMNIST, MD5-checked); otherwise say how to get it."""
+    from medpeft_cli.data import default_data_dir, get_dataset_entry
+    from medpeft_cli.data.load import offline
+    from medpeft_cli.data.medmnist import locate, verify_md5
+
+    entry = get_dataset_entry(name)
+    if entry.kind == "synthetic":
+        out.print(f"{name} is generated by medpeft from a seed; there is nothing to download")
+        return
+    if entry.kind != "medmnist":
+        raise UserError(f"medpeft cannot download {name} ({entry.access}): {entry.how_to_obtain.strip()} Then run `medpeft datasets prepare {name} --raw PATH`")
+    root = data_dir or default_data_dir()
+    for res in resolution or [entry.resolution]:
+        source = entry.at(res)
+        path = locate(source, root, download_missing=not offline())
+        verify_md5(path, source.md5)
+        out.print(f"{name} {res} px: {path} (md5 {source.md5} ok)")
+
+
+@datasets_app.command("prepare")
+def datasets_prepare(
+    name: Annotated[str, typer.Argument(help="Registry dataset, or a new name for your own data (with --from).")],
+    raw: Annotated[Path, typer.Option("--raw", help="Folder of the official download (or your ImageFolder root / manifest file).")],
+    resolution: Annotated[Optional[list[int]], typer.Option("--resolution", "-r", help="Side in pixels; repeat for several (decoded once) [default: the registry's, else 224].")] = None,
+    source: Annotated[Optional[str], typer.Option("--from", help="For your own data: imagefolder (root/<class>/<image>) or manifest (CSV/Parquet: path,label[,group][,split]).")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Your own data: comma-separated class order (label i = i-th name) [default: sorted labels].")] = None,
+    subgroups: Annotated[Optional[str], typer.Option(help="Your own data: comma-separated manifest columns to report per subgroup (e.g. sex,site).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the split (datasets without an official split) [default: the registry's, else 0].")] = None,
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave unreadable images out (counted in info.json) instead of failing.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing prepared copy.")] = False,
+    workers: Annotated[int, typer.Option(help="Decoding threads [default: CPU cores, at most 8].")] = 0,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where prepared data goes [default: $MEDPEFT_DATA_DIR or ~/.cache/medpeft/data].")] = None,
+) -> None:
+    """Decode a raw download once into uint8 arrays + Parquet manifest + split file under <data-dir>/prepared/."""
+    from medpeft_cli.data import default_data_dir
+    from medpeft_cli.data.prepare import prepare
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("decoding {task.completed} images"), TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("decode", total=None)
+        result = prepare(
+            name, raw, data_dir or default_data_dir(), resolution, source=source,
+            classes=[c.strip() for c in classes.split(",")] if classes else None,
+            subgroups=[c.strip() for c in subgroups.split(",")] if subgroups else None,
+            seed=seed, skip_corrupt=skip_corrupt, force=force, workers=workers,
+            progress=lambda n: bar.advance(task, n),
+        )
+    out.print(f"prepared {result.name}: {result.n_images} images, {len(result.class_names) or 'no'} classes, {result.seconds:.1f} s ({result.images_per_s:.0f} images/s)")
+    for split, counts in result.counts.items():
+        out.print(f"  {split}: {sum(counts)} images, per class {counts}")
+    if result.skipped:
+        out.print(f"  skipped {len(result.skipped)} unreadable image(s) (--skip-corrupt): " + "; ".join(f"{p} ({why})" for p, why in result.skipped[:5]))
+    for reason, n in result.excluded.items():
+        out.print(f"  left out {n}: {reason}")
+    out.print(f"  split checksum {result.split_checksum}")
+    for d in result.dirs:
+        out.print(f"  -> {d}")
+
+
+@datasets_app.command("verify")
+def datasets_verify(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    resolution: Annotated[Optional[int], typer.Option("--resolution", "-r", help="Which prepared / MedMNIST resolution [default: the registry's].")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset files/cache directory.")] = None,
+) -> None:
+    """Check a dataset: checksums, class counts per split, split disjointness by group."""
+    from rich.table import Table
+
+    from medpeft_cli.data import default_data_dir
+    from medpeft_cli.data.verify import verify_dataset
+
+    report = verify_dataset(name, data_dir or default_data_dir(), resolution)
+    out.print(f"{report.name}: {report.location}")
+    if report.counts:
+        table = Table(title="images per class", title_justify="left")
+        table.add_column("class")
+        for split in report.counts:
+            table.add_column(split, justify="right")
+        names = report.class_names or ["(all)"]
+        for i, cls in enumerate(names):
+            table.add_row(cls, *(str(report.counts[s][i]) for s in report.counts))
+        out.print(table)
+    for check in report.checks:
+        out.print(f"  [{'green' if check.ok else 'red'}]{'ok  ' if check.ok else 'FAIL'}[/] {check.name}: {check.detail}")
+    if report.split_checksum:
+        out.print(f"  split checksum {report.split_checksum}")
+    if not report.ok:
+        failed = ", ".join(f"{c.name} ({c.detail})" for c in report.failures())
+        raise UserError(f"{name} failed verification: {failed}")
 
 
 @store_app.command("rebuild")
@@ -225,10 +532,20 @@ def store_rebuild(
     out.print(f"rebuilt {db} from {runs_dir}: {count} runs")
 
 
+from medpeft_cli.sweep.commands import register as _register_sweep_commands  # noqa: E402
+
+_register_sweep_commands(app)  # sweep plan|run|run-one|slurm, tune, prefetch
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
+    from medpeft_cli.train.resume import Preempted
+
     try:
         app(args=argv, prog_name="medpeft")
+    except Preempted as exc:  # exit 75 (EX_TEMPFAIL): a job script requeues the task; see docs/reliability.md
+        print(f"medpeft: stopped: {exc}; checkpoint saved: rerun the same command with --resume to continue", file=sys.stderr)
+        sys.exit(Preempted.exit_code)
     except UserError as exc:
         print(f"medpeft: error: {exc}", file=sys.stderr)
         sys.exit(UserError.exit_code)

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medpeft_cli.errors import UserError
 
 # Bump when a change of the training or evaluation code could change a result for the same spec.
 PROTOCOL_VERSION = 1
+
+# A parameter budget: a percentage of the backbone ("0.5%") or a count ("150000", "150k", "1.2M").
+BUDGET_PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(%|k|m)?\s*$", re.IGNORECASE)
 
 
 class _Strict(BaseModel):
@@ -47,6 +51,9 @@ class TrainOptions(_Strict):
     grad_accum_steps: int = Field(1, ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     eval_batch_size: int = Field(256, ge=1)
+    # Class imbalance: "loss" weights cross-entropy by n / (k * n_class) over the training subset;
+    # "sampler" draws training batches with replacement so every class is equally likely.
+    class_weighting: Literal["none", "loss", "sampler"] = "none"
 
 
 class OutputOptions(_Strict):
@@ -57,10 +64,44 @@ class OutputOptions(_Strict):
     data_dir: Path | None = None
 
 
+class T2IOptions(_Strict):
+    """Text-to-image runs (`task: t2i`). None = the default for the pipeline (medpeft_cli/t2i/options.py):
+    the study's protocol for real pipelines, a quick smoke profile for the embedded tiny-sd."""
+
+    caption_column: str = Field("caption", min_length=1, description="dataset metadata column holding each image's caption")
+    caption_dropout: float = Field(0.0, ge=0, le=1, description="probability of training on the empty caption (for classifier-free guidance)")
+    num_inference_steps: int | None = Field(None, ge=1, le=1000, description="sampling steps (None: 50; tiny-sd 20)")
+    guidance_scale: float = Field(7.5, ge=0, description="classifier-free guidance scale when sampling (<= 1: no guidance)")
+    fid_samples: int | None = Field(None, ge=2, description="images generated per seed from held-out prompts (None: 1000; tiny-sd 100)")
+    fid_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1, description="generation seeds; FID/KID are reported as mean and std over them")
+    fid_features: str | None = Field(None, description="feature extractor: inception | dinov2 | <timm name>[@random|@FILE] (None: inception; tiny-sd test_vit@random)")
+    ema: bool = Field(False, description="keep an exponential moving average of the trained parameters and evaluate it")
+    ema_decay: float = Field(0.9999, gt=0, lt=1)
+    # Speed only: these never change what is computed, so they are not part of the run key.
+    cache_latents: bool = Field(True, description="encode images and captions once per dataset/resolution and cache them on disk")
+    gradient_checkpointing: bool = False
+    attention: Literal["sdpa", "xformers"] = "sdpa"
+
+    @field_validator("fid_seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) >= 4000:
+            raise ValueError(f"seeds must be distinct integers in 0..3999, got {seeds}")
+        return seeds
+
+
+# T2IOptions fields that only change speed, left out of the run key.
+T2I_SPEED_ONLY = ("cache_latents", "gradient_checkpointing", "attention")
+# What a t2i spec means when it does not say: the embedded captioned set and tiny pipeline.
+T2I_DEFAULTS = {"dataset": "synthetic-captions", "backbone": "tiny-sd", "weights": "pipeline", "image_size": 32}
+
+
 class RunSpec(_Strict):
     """One run: dataset x backbone x method x data fraction x seed (+ training options)."""
 
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "t2i"] = Field(
+        "classification", description="classification (timm backbone) or t2i (Stable Diffusion U-Net, FID/KID)"
+    )
     dataset: str = "synthetic-lesions"
     backbone: str = "vit_tiny_patch16_224"
     weights: str = Field(
@@ -70,9 +111,44 @@ class RunSpec(_Strict):
     image_size: int = Field(64, ge=8, le=4096)
     method: MethodSpec = Field(default_factory=MethodSpec)
     data_fraction: float = Field(1.0, gt=0, le=1)
+    shots: int | None = Field(None, ge=1, description="k images per class from the training split instead of a fraction")
+    data_resolution: int | None = Field(None, ge=8, le=4096, description="resolution of the dataset files to load (None: the registry default)")
     seed: int = Field(0, ge=0)
+    param_budget: str | None = Field(
+        None, description="trainable parameters of the method (head excluded): '0.5%' of the backbone or a count (150000, 150k, 1.2M); picks the method's size knob"
+    )
     train: TrainOptions = Field(default_factory=TrainOptions)
+    t2i: T2IOptions | None = Field(None, description="text-to-image options (task t2i only; filled with defaults there)")
     output: OutputOptions = Field(default_factory=OutputOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        # A t2i spec defaults to the embedded captioned data and tiny pipeline, not to the classifier's.
+        if isinstance(data, dict) and data.get("task") == "t2i":
+            data = {**T2I_DEFAULTS, **data}
+            data.setdefault("t2i", {})
+        return data
+
+    @model_validator(mode="after")
+    def _task_rules(self) -> RunSpec:
+        if self.task == "classification" and self.t2i is not None:
+            raise ValueError("t2i options apply to text-to-image runs only; add --task t2i (task: t2i)")
+        if self.task == "t2i":
+            if self.weights != "pipeline":
+                raise ValueError("a t2i run uses its pipeline's own weights: name the pipeline with --backbone (HF id, local folder or tiny-sd) and drop --weights")
+            if self.shots is not None or self.train.class_weighting != "none" or self.param_budget is not None:
+                raise ValueError("shots, class_weighting and param_budget apply to classification runs only; use data_fraction for t2i")
+        return self
+
+    @field_validator("param_budget", mode="before")
+    @classmethod
+    def _budget_text(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str) and not BUDGET_PATTERN.match(value):
+            raise ValueError("write a percentage of the backbone (0.5%) or a parameter count (150000, 150k, 1.2M)")
+        return value.strip() if isinstance(value, str) else value
 
     @model_validator(mode="before")
     @classmethod
@@ -82,11 +158,30 @@ class RunSpec(_Strict):
             data = {**data, "method": {"name": data["method"]}}
         return data
 
+    @model_validator(mode="after")
+    def _one_subset_rule(self) -> RunSpec:
+        if self.shots is not None and self.data_fraction != 1.0:
+            raise ValueError(f"give either shots ({self.shots}) or data_fraction ({self.data_fraction}), not both")
+        return self
+
     def key_fields(self) -> dict[str, Any]:
         """The fields that determine the result (everything except output locations)."""
         data = self.model_dump(mode="json", exclude={"output"})
         data["method"] = {"name": self.method.name, **self.method.options}
+        # Fields added after protocol 1 enter the key only when set, so earlier run keys stay valid.
+        for path, default in _KEY_IF_SET.items():
+            node = data
+            for part in path[:-1]:
+                node = node[part]
+            if node.get(path[-1]) == default:
+                node.pop(path[-1], None)
+        for name in T2I_SPEED_ONLY if data.get("t2i") else ():
+            data["t2i"].pop(name, None)
         return data
+
+
+# field path -> default value at which it is left out of the run key
+_KEY_IF_SET: dict[tuple[str, ...], Any] = {("t2i",): None, ("param_budget",): None, ("shots",): None, ("data_resolution",): None, ("train", "class_weighting"): "none"}
 
 
 def run_key(spec: RunSpec) -> str:

@@ -1,8 +1,9 @@
-"""The in-memory form of a dataset: uint8 images, int64 labels and ids per split."""
+"""The in-memory form of a dataset: uint8 images, int64 labels and ids per split, plus optional
+per-sample group ids (patient / lesion) and metadata (sex, age bin, skin type, site, view, caption)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,9 +17,14 @@ class Split:
     images: np.ndarray  # uint8, (N, H, W, 3)
     labels: np.ndarray  # int64, (N,)
     ids: np.ndarray  # str, (N,), stable per-sample ids such as "train-000123"
+    groups: np.ndarray | None = None  # str, (N,): samples sharing a group (patient, lesion) share a split
+    meta: dict[str, np.ndarray] = field(default_factory=dict)  # column -> str (N,); "" = unknown
 
     def __post_init__(self) -> None:
         n = len(self.labels)
+        for key, column in {"groups": self.groups, **{f"meta[{k!r}]": v for k, v in self.meta.items()}}.items():
+            if column is not None and (column.ndim != 1 or len(column) != n):
+                raise ValueError(f"{key} must have one value per sample ({n}), got shape {column.shape}")
         if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
             raise ValueError(f"images must be uint8 (N, H, W, 3), got {self.images.dtype} {self.images.shape}")
         if self.labels.dtype != np.int64 or self.labels.ndim != 1:
@@ -48,10 +54,19 @@ class DatasetBundle:
     splits: dict[str, Split]
     checksum: str  # "sha256:<hex>", see checksum.py
     source: str  # human-readable origin
+    split_checksum: str = ""  # "sha256:<hex>" of the split assignment (splits.split_checksum)
+    subgroups: tuple[str, ...] = ()  # meta columns that evaluation reports per subgroup
 
     def __post_init__(self) -> None:
         if tuple(self.splits) != SPLIT_NAMES:
             raise ValueError(f"splits must be exactly {SPLIT_NAMES}, got {tuple(self.splits)}")
+        if not self.split_checksum:
+            from .splits import split_checksum
+
+            object.__setattr__(self, "split_checksum", split_checksum({s: self.splits[s].ids for s in SPLIT_NAMES}))
+        missing = [c for c in self.subgroups if any(c not in self.splits[s].meta for s in SPLIT_NAMES)]
+        if missing:
+            raise ValueError(f"subgroup columns {missing} are not in every split's metadata")
 
     @property
     def num_classes(self) -> int:

@@ -19,7 +19,8 @@ def _field(h, data: bytes) -> None:
 
 
 def dataset_checksum(splits: Mapping[str, Split]) -> str:
-    """sha256 over split name, ids, labels and image shape + bytes, for train, val, test in order."""
+    """sha256 over split name, ids, labels, image shape + bytes (and groups / metadata where present),
+    for train, val, test in order."""
     h = hashlib.sha256()
     h.update(_FORMAT)
     for name in SPLIT_NAMES:
@@ -29,4 +30,12 @@ def dataset_checksum(splits: Mapping[str, Split]) -> str:
         _field(h, np.ascontiguousarray(split.labels, dtype="<i8").tobytes())
         _field(h, ",".join(map(str, split.images.shape)).encode())
         _field(h, np.ascontiguousarray(split.images, dtype=np.uint8).data)
+        # Groups and metadata only where a dataset has them, so checksums of datasets without them
+        # (synthetic-lesions, MedMNIST) are the same as before these fields existed.
+        if split.groups is not None:
+            _field(h, b"groups")
+            _field(h, "\n".join(split.groups.tolist()).encode())
+        for column in sorted(split.meta):
+            _field(h, f"meta:{column}".encode())
+            _field(h, "\n".join(split.meta[column].tolist()).encode())
     return "sha256:" + h.hexdigest()

@@ -1,21 +1,21 @@
-"""load_dataset: registry entry -> the loader for its kind -> DatasetBundle."""
+"""load_dataset: registry entry -> the loader for its kind -> DatasetBundle.
+
+Names that are not in the registry are looked up among the user's own prepared datasets
+(`medpeft datasets prepare NAME --raw DIR --from imagefolder|manifest`).
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
+
+from medpeft_cli.errors import UserError
 
 from .bundle import DatasetBundle
 from .medmnist import load_medmnist
-from .registry import get_dataset_entry
+from .prepared import available_resolutions, load_prepared, prepared_dir, prepared_root, read_info
+from .registry import DatasetEntry, MedMNISTEntry, PreparedEntry, SyntheticEntry, get_dataset_entry
 from .synthetic import load_synthetic
-
-# kind -> loader(entry, data_dir, download); one per source kind in datasets.yaml
-_LOADERS: dict[str, Callable[..., DatasetBundle]] = {
-    "synthetic": load_synthetic,
-    "medmnist": load_medmnist,
-}
 
 
 def default_data_dir() -> Path:
@@ -31,8 +31,65 @@ def offline() -> bool:
     return any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes") for var in ("MEDPEFT_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True) -> DatasetBundle:
-    """Load a registered dataset with its fixed train/val/test splits (downloads are off when offline())."""
-    entry = get_dataset_entry(name)
+def not_prepared_message(entry: PreparedEntry, data_dir: Path, resolution: int) -> str:
+    have = available_resolutions(data_dir, entry.name)
+    other = f" (prepared at {', '.join(map(str, have))} px: pass --data-resolution)" if have else ""
+    return (
+        f"{entry.name} is not prepared at {resolution} px under {prepared_root(data_dir, entry.name)}{other}; medpeft cannot download it "
+        f"({entry.access}): {entry.how_to_obtain.strip()} Then run `medpeft datasets prepare {entry.name} --raw PATH --resolution {resolution}`"
+    )
+
+
+def load_registered_prepared(entry: PreparedEntry, data_dir: Path, resolution: int | None) -> DatasetBundle:
+    res = resolution or entry.resolution
+    folder = prepared_dir(data_dir, entry.name, res)
+    if not (folder / "info.json").is_file():
+        raise UserError(not_prepared_message(entry, data_dir, res))
+    return load_prepared(folder, None if entry.classes_from_data else list(entry.classes or []))
+
+
+def load_user_prepared(name: str, data_dir: Path, resolution: int | None) -> DatasetBundle | None:
+    """A dataset the user prepared from an ImageFolder tree or a manifest; None if there is none."""
+    have = available_resolutions(data_dir, name)
+    if not have:
+        return None
+    if resolution is None:
+        if len(have) > 1:
+            raise UserError(f"{name} is prepared at {', '.join(map(str, have))} px; choose one with --data-resolution")
+        resolution = have[0]
+    folder = prepared_dir(data_dir, name, resolution)
+    if resolution not in have:
+        raise UserError(f"{name} is not prepared at {resolution} px (prepared: {', '.join(map(str, have))} px); run `medpeft datasets prepare` with --resolution {resolution}")
+    read_info(folder)
+    return load_prepared(folder)
+
+
+def load_dataset(
+    name: str, data_dir: str | Path | None = None, download: bool = True, resolution: int | None = None
+) -> DatasetBundle:
+    """Load a dataset with its fixed train/val/test splits (downloads are off when offline()).
+
+    `resolution` picks the prepared / MedMNIST file resolution (None: the registry's default)."""
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    return _LOADERS[entry.kind](entry, root, download and not offline())
+    try:
+        entry: DatasetEntry = get_dataset_entry(name)
+    except UserError as unknown:
+        bundle = load_user_prepared(name, root, resolution)
+        if bundle is None:
+            raise UserError(
+                f"{unknown} or prepare your own under --data-dir with `medpeft datasets prepare {name} --raw DIR --from imagefolder|manifest`"
+            ) from None
+        return bundle
+    if isinstance(entry, SyntheticEntry):
+        if resolution not in (None, entry.image_size):
+            raise UserError(f"{name} is generated at {entry.image_size} px only; drop --data-resolution (use --image-size to resize for the model)")
+        if entry.generator == "captioned-lesions-v1":  # synthetic-captions, the text-to-image track's embedded set
+            from medpeft_cli.t2i.captions import load_captioned_lesions
+
+            return load_captioned_lesions(entry, root, download and not offline())
+        return load_synthetic(entry, root, download and not offline())
+    if isinstance(entry, MedMNISTEntry):
+        return load_medmnist(entry, root, download and not offline(), resolution)
+    if isinstance(entry, PreparedEntry):
+        return load_registered_prepared(entry, root, resolution)
+    raise AssertionError(f"no loader for kind {entry.kind!r}")

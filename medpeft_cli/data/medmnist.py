@@ -6,7 +6,9 @@ import hashlib
 import http.client
 import logging
 import os
+import shutil
 import tempfile
+import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -17,14 +19,15 @@ from medpeft_cli.errors import UserError
 
 from .bundle import SPLIT_NAMES, DatasetBundle, make_split
 from .checksum import dataset_checksum
-from .registry import MedMNISTEntry
+from .prepared import PrepareResult, load_prepared, move_into_place, prepared_dir, prepared_root, read_info, write_prepared_dir
+from .registry import MedMNISTEntry, MedMNISTSource
 
 log = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT_S = 60
 
 
-def candidate_paths(entry: MedMNISTEntry, data_dir: Path) -> list[Path]:
+def candidate_paths(entry: MedMNISTSource, data_dir: Path) -> list[Path]:
     """Where the file may be, in search order."""
     return [data_dir / entry.file, data_dir / entry.name / entry.file, data_dir / "medmnist" / entry.file]
 
@@ -50,7 +53,7 @@ def verify_md5(path: Path, md5: str) -> None:
         )
 
 
-def download_file(entry: MedMNISTEntry, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+def download_file(entry: MedMNISTSource, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
     """Fetch entry.download_url to dest via a temp file; the MD5 is checked before the rename."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
@@ -72,7 +75,7 @@ def download_file(entry: MedMNISTEntry, dest: Path, timeout: float = DOWNLOAD_TI
             os.remove(tmp)
 
 
-def locate(entry: MedMNISTEntry, data_dir: Path, download_missing: bool) -> Path:
+def locate(entry: MedMNISTSource, data_dir: Path, download_missing: bool) -> Path:
     """The path of entry.file under data_dir, downloading it when absent and allowed."""
     paths = candidate_paths(entry, data_dir)
     for path in paths:
@@ -97,7 +100,7 @@ def locate(entry: MedMNISTEntry, data_dir: Path, download_missing: bool) -> Path
     return dest
 
 
-def _images(path: Path, key: str, array: np.ndarray, entry: MedMNISTEntry) -> np.ndarray:
+def _images(path: Path, key: str, array: np.ndarray, entry: MedMNISTSource) -> np.ndarray:
     """(N, H, W) grayscale or (N, H, W, 3) RGB uint8 -> (N, H, W, 3) uint8."""
     if array.dtype != np.uint8 or array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] != 3):
         raise UserError(
@@ -114,7 +117,7 @@ def _images(path: Path, key: str, array: np.ndarray, entry: MedMNISTEntry) -> np
     return array
 
 
-def _labels(path: Path, key: str, array: np.ndarray, n: int, entry: MedMNISTEntry) -> np.ndarray:
+def _labels(path: Path, key: str, array: np.ndarray, n: int, entry: MedMNISTSource) -> np.ndarray:
     """(N, 1) or (N,) integer labels in [0, len(classes)) -> (N,) int64."""
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
@@ -132,7 +135,7 @@ def _labels(path: Path, key: str, array: np.ndarray, n: int, entry: MedMNISTEntr
     return array.astype(np.int64)
 
 
-def load_medmnist_npz(path: Path, entry: MedMNISTEntry) -> DatasetBundle:
+def load_medmnist_npz(path: Path, entry: MedMNISTSource) -> DatasetBundle:
     """Load an (already verified) MedMNIST .npz into a bundle, keeping the official splits."""
     required = [f"{s}_{kind}" for s in SPLIT_NAMES for kind in ("images", "labels")]
     if not zipfile.is_zipfile(path):
@@ -165,8 +168,78 @@ def load_medmnist_npz(path: Path, entry: MedMNISTEntry) -> DatasetBundle:
     )
 
 
-def load_medmnist(entry: MedMNISTEntry, data_dir: Path, download: bool = True) -> DatasetBundle:
-    """Find (or download) the file, check its MD5, then load it."""
-    path = locate(entry, data_dir, download)
-    verify_md5(path, entry.md5)
-    return load_medmnist_npz(path, entry)
+def check_trainable(entry: MedMNISTEntry) -> None:
+    if entry.task != "multiclass":
+        raise UserError(
+            f"{entry.name} is a {entry.task} dataset ({len(entry.classes or [])} findings per image); medpeft's trainer takes "
+            "single-label (multiclass) datasets only: `medpeft datasets download/verify` work for it, training does not yet"
+        )
+
+
+def load_medmnist(entry: MedMNISTEntry, data_dir: Path, download: bool = True, resolution: int | None = None) -> DatasetBundle:
+    """The prepared copy when `medpeft datasets prepare` made one (memory-mapped, same checksum),
+    else find (or download) the official file, check its MD5, then load it."""
+    check_trainable(entry)
+    source = entry.at(resolution)
+    folder = prepared_dir(data_dir, entry.name, source.resolution)
+    if (folder / "info.json").is_file():
+        info = read_info(folder)
+        if info.get("md5") != source.md5:
+            raise UserError(f"{folder} was not prepared from the official {source.file} (MD5 {source.md5}); prepare it again with --force")
+        return load_prepared(folder, list(entry.classes or []))
+    path = locate(source, data_dir, download)
+    verify_md5(path, source.md5)
+    return load_medmnist_npz(path, source)
+
+
+def prepare_medmnist(entry: MedMNISTEntry, raw: Path, data_dir: Path, resolutions: list[int] | None, force: bool) -> PrepareResult:
+    """Write the prepared form (official arrays and splits, ids "<split>-<index>") of each resolution
+    whose official file is in `raw` (checked against its MD5). Nothing is resized or re-split, so
+    the prepared copy has the same dataset checksum as the .npz."""
+    check_trainable(entry)
+    start = time.perf_counter()
+    sources = [entry.at(r) for r in (resolutions or [entry.resolution])]
+    finals = [prepared_dir(data_dir, entry.name, src.resolution) for src in sources]
+    existing = [d for d in finals if d.exists()]
+    if existing and not force:
+        raise UserError(f"{entry.name} is already prepared at {existing[0]}; pass --force to prepare it again (it replaces that folder)")
+    bundles = []
+    for src in sources:
+        path = locate(src, Path(raw), download_missing=False)
+        verify_md5(path, src.md5)
+        bundles.append((src, path, load_medmnist_npz(path, src)))
+    parent = prepared_root(data_dir, entry.name)
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-prepare-", dir=parent))
+    try:
+        for src, path, bundle in bundles:
+            parts = [bundle.splits[s] for s in SPLIT_NAMES]
+            ids = np.concatenate([p.ids for p in parts])
+            columns = {
+                "index": np.arange(len(ids), dtype=np.int64),
+                "id": ids,
+                "split": np.concatenate([np.full(len(p), s) for s, p in zip(SPLIT_NAMES, parts, strict=True)]),
+                "label": np.concatenate([p.labels for p in parts]),
+                "label_name": np.array([bundle.class_names[i] for i in np.concatenate([p.labels for p in parts])], dtype=str),
+                "group": ids,  # MedMNIST publishes no patient ids
+                "path": np.array([f"{src.file}#{i}" for i in ids], dtype=str),
+            }
+
+            def fill(final: np.ndarray, parts=parts) -> None:
+                at = 0
+                for p in parts:
+                    final[at : at + len(p)] = p.images
+                    at += len(p)
+
+            write_prepared_dir(
+                tmp / str(src.resolution), src.resolution, fill, columns, bundle.class_names, name=entry.name, task=entry.task,
+                source="medmnist", subgroups=(), split_how={"method": "official"}, group_by=None, raw_root=path.parent,
+                extra_info={"md5": src.md5, "file": src.file},
+            )
+        for src, final in zip(sources, finals, strict=True):
+            move_into_place(tmp / str(src.resolution), final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    counts = {s: np.bincount(bundles[0][2].splits[s].labels, minlength=len(entry.classes or [])).tolist() for s in SPLIT_NAMES}
+    n = sum(len(bundles[0][2].splits[s]) for s in SPLIT_NAMES)
+    return PrepareResult(entry.name, finals, n, list(entry.classes or []), counts, [], {}, bundles[0][2].split_checksum, time.perf_counter() - start)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,8 +30,10 @@ class DatasetEntry(_Strict):
     name: str = Field(pattern=_NAME)
     kind: str
     modality: str
-    task: Literal["multiclass"] = "multiclass"  # binary datasets are multiclass with 2 classes
-    classes: list[str] = Field(min_length=2)  # label i is classes[i]
+    # binary datasets are multiclass with 2 classes; multilabel and text-to-image entries can be
+    # downloaded, prepared and verified, but the classification trainer takes multiclass only.
+    task: Literal["multiclass", "multilabel", "text-to-image"] = "multiclass"
+    classes: list[str] | None = Field(default=None, min_length=2)  # label i is classes[i]
     license: str
     citation: str
     source_citation: str | None = None  # the original data a derived dataset was built from
@@ -39,10 +42,18 @@ class DatasetEntry(_Strict):
 
     @field_validator("classes")
     @classmethod
-    def _unique_classes(cls, classes: list[str]) -> list[str]:
-        if len(set(classes)) != len(classes):
+    def _unique_classes(cls, classes: list[str] | None) -> list[str] | None:
+        if classes is not None and len(set(classes)) != len(classes):
             raise ValueError(f"class names must be unique, got {classes}")
         return classes
+
+    @model_validator(mode="after")
+    def _classes_named(self) -> DatasetEntry:
+        # Classes may only be left out where they are read from the data (classes_from_data) or
+        # where the task has none (text-to-image).
+        if self.classes is None and self.task != "text-to-image" and not getattr(self, "classes_from_data", False):
+            raise ValueError("classes: list the class names (label i is classes[i])")
+        return self
 
 
 class SplitSizes(_Strict):
@@ -55,23 +66,106 @@ class SyntheticEntry(DatasetEntry):
     """A dataset generated from a seed by one of medpeft's generators (no download)."""
 
     kind: Literal["synthetic"]
-    generator: Literal["lesions-v1"]
+    generator: Literal["lesions-v1", "captioned-lesions-v1"]  # captioned-lesions-v1: medpeft_cli/t2i/captions.py
     seed: int = Field(ge=0)
     image_size: int = Field(default=64, ge=32, le=512)
     split_sizes: SplitSizes
 
+    @property
+    def access(self) -> str:
+        return "generated"
 
-class MedMNISTEntry(DatasetEntry):
-    """One MedMNIST .npz file, used with its official splits."""
 
-    kind: Literal["medmnist"]
+class MedMNISTFile(_Strict):
+    """One official MedMNIST .npz file (one resolution); the MD5 is the one the `medmnist` package lists."""
+
     file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.npz$")
     download_url: str
     md5: str = Field(pattern=r"^[0-9a-f]{32}$")
-    resolution: int = Field(ge=1)  # native image side in pixels
 
 
-AnyEntry = Annotated[SyntheticEntry | MedMNISTEntry, Field(discriminator="kind")]
+@dataclass(frozen=True)
+class MedMNISTSource:
+    """A MedMNIST entry at one resolution: what the loader needs to find, check and read the file."""
+
+    name: str
+    task: str
+    classes: list[str]
+    resolution: int
+    file: str
+    download_url: str
+    md5: str
+    split_sizes: SplitSizes
+
+
+class MedMNISTEntry(DatasetEntry):
+    """A MedMNIST(+) dataset: one official .npz per resolution, used with its official splits."""
+
+    kind: Literal["medmnist"]
+    resolution: int = Field(ge=1)  # the default resolution (the MedMNIST v2 28 px file)
+    files: dict[int, MedMNISTFile] = Field(min_length=1)  # resolution in pixels -> official file
+    split_sizes: SplitSizes  # official split sizes (checked by `medpeft datasets verify`)
+
+    @model_validator(mode="after")
+    def _default_resolution_listed(self) -> MedMNISTEntry:
+        if self.resolution not in self.files:
+            raise ValueError(f"resolution {self.resolution} has no entry in files (have {sorted(self.files)})")
+        return self
+
+    @property
+    def access(self) -> str:
+        return "direct-download"
+
+    def at(self, resolution: int | None = None) -> MedMNISTSource:
+        """This dataset at `resolution` pixels (None: the default); UserError if there is no such file."""
+        res = self.resolution if resolution is None else resolution
+        if res not in self.files:
+            have = ", ".join(str(r) for r in sorted(self.files))
+            raise UserError(f"{self.name} has no {res} px release; MedMNIST publishes it at {have} px (choose one of those)")
+        f = self.files[res]
+        return MedMNISTSource(
+            self.name, self.task, list(self.classes or []), res, f.file, f.download_url, f.md5, self.split_sizes
+        )
+
+
+class SplitPolicy(_Strict):
+    """How medpeft splits a dataset that has no official split: seeded, stratified by label, grouped."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitPolicy:
+        if abs(self.train + self.val + self.test - 1.0) > 1e-9:
+            raise ValueError(f"train + val + test must be 1, got {self.train + self.val + self.test:g}")
+        return self
+
+
+Layout = Literal["busi", "fitzpatrick17k", "ham10000", "smdg", "rsna-pneumonia", "mimic-cxr"]
+
+
+class PreparedEntry(DatasetEntry):
+    """A dataset the user downloads from its official source; `medpeft datasets prepare` converts the
+    raw layout once into uint8 arrays + a Parquet manifest + a split file under <data_dir>/prepared/."""
+
+    kind: Literal["prepared"]
+    layout: Layout  # which reader in data/layouts.py understands the official raw files
+    label_column: str | None = None  # for layouts with several label columns (fitzpatrick17k)
+    classes_from_data: bool = False  # classes = sorted unique labels found at prepare (too many to list)
+    expected_classes: int | None = Field(default=None, ge=2)  # with classes_from_data: how many there must be
+    access: Literal["manual-download", "registration", "credentialed"]  # medpeft never downloads these
+    how_to_obtain: str  # where and how to get the raw files (shown by info/download)
+    raw_layout: str  # the files `prepare --raw` expects
+    resolution: int = Field(224, ge=8, le=4096)  # default resolution to prepare and load
+    group_by: str | None = None  # the id that keeps a patient/lesion in one split (None: each image)
+    subgroups: list[str] = Field(default_factory=list)  # metadata columns reported as subgroups
+    split: SplitPolicy = Field(default_factory=SplitPolicy)
+    official_split: bool = False  # use the split file shipped with the raw data (mimic-cxr)
+
+
+AnyEntry = Annotated[SyntheticEntry | MedMNISTEntry | PreparedEntry, Field(discriminator="kind")]
 
 
 class Registry(_Strict):
@@ -99,7 +193,7 @@ def _describe_errors(err: ValidationError, raw: Any) -> str:
             name = entry.get("name") if isinstance(entry, dict) else None
             where = f"dataset {name!r}" if name else f"dataset #{index + 1}"
             loc = loc[2:]
-            if loc and loc[0] in ("synthetic", "medmnist"):  # the discriminator's tag
+            if loc and loc[0] in ("synthetic", "medmnist", "prepared"):  # the discriminator's tag
                 loc = loc[1:]
         key = ".".join(str(x) for x in loc)
         if e["type"] == "extra_forbidden":
@@ -107,7 +201,8 @@ def _describe_errors(err: ValidationError, raw: Any) -> str:
         elif e["type"] == "missing":
             what = f"missing key {key!r}"
         else:
-            what = f"{key}: {e['msg']}" if key else e["msg"]
+            msg = e["msg"].removeprefix("Value error, ")
+            what = f"{key}: {msg}" if key else msg
         parts.append(f"{where}: {what}" if where else what)
     return "; ".join(parts)
 

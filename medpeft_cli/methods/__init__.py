@@ -2,6 +2,8 @@
 
 from medpeft_cli.methods.registry import (
     FAMILIES,
+    FAMILY_DESCRIPTIONS,
+    capability_matrix,
     MethodInfo,
     check_supported,
     get_method,
@@ -10,4 +12,4 @@ from medpeft_cli.methods.registry import (
     validate_options,
 )
 
-__all__ = ["FAMILIES", "MethodInfo", "check_supported", "get_method", "list_methods", "register_method", "validate_options"]
+__all__ = ["FAMILIES", "FAMILY_DESCRIPTIONS", "MethodInfo", "capability_matrix", "check_supported", "get_method", "list_methods", "register_method", "validate_options"]

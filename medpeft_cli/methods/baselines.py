@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from medpeft_cli.methods.common import freeze, train_head
+from medpeft_cli.methods.common import freeze, plain_state, train_head
 from medpeft_cli.methods.registry import register_method
 
 
-@register_method("full", families={"vit", "cnn", "other"}, kind="baseline", cite="full fine-tuning (baseline)", default_lr=1e-4)
+@register_method("full", families={"vit", "hvit", "cnn", "other"}, kind="baseline", cite="full fine-tuning (baseline)", default_lr=1e-4, merge=plain_state)
 def full(backbone, options) -> nn.Module:
     """Full fine-tuning: every parameter of the backbone and the head trains."""
     for param in backbone.model.parameters():
@@ -16,7 +16,7 @@ def full(backbone, options) -> nn.Module:
     return backbone.model
 
 
-@register_method("linear", families={"vit", "cnn", "other"}, kind="baseline", cite="linear probing (baseline)", default_lr=1e-3)
+@register_method("linear", families={"vit", "hvit", "cnn", "other"}, kind="baseline", cite="linear probing (baseline)", default_lr=1e-3, merge=plain_state)
 def linear(backbone, options) -> nn.Module:
     """Linear probing: the backbone is frozen, only the classification head trains."""
     freeze(backbone.model)

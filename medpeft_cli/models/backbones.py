@@ -23,7 +23,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 class Backbone:
     model: nn.Module
     name: str
-    family: str  # "vit", "cnn" or "other": decides which methods apply and their defaults
+    family: str  # "vit", "hvit", "cnn" or "other": decides which methods apply and their defaults
     head_name: str  # dotted module name of the classifier, trained by every method
     weights_source: str  # exactly what was loaded: "random-init (seed N)", "hf-hub:<id>", "file:<path> sha256:<hex>"
     num_params: int
@@ -31,16 +31,22 @@ class Backbone:
 
 
 def detect_family(model: nn.Module) -> str:
-    """'vit' if the model has attention blocks, 'cnn' if it is built from convolutions, else 'other'."""
+    """'vit' for a plain ViT (attention blocks over one token sequence: ViT, DeiT, EVA, CLIP), 'hvit' for
+    other attention models (hierarchical/windowed: Swin, ...), 'cnn' if built from convolutions, else 'other'.
+    """
     names = {type(m).__name__.lower() for m in model.modules()}
     if any("attention" in n or n == "attn" for n in names):
-        return "vit"
+        # Token-sequence methods (VPT, FacT) need one `blocks` sequence after a patch embedding.
+        plain = isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)) and hasattr(model, "patch_embed")
+        return "vit" if plain else "hvit"
     convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     return "cnn" if convs > 1 else "other"
 
 
 def _head_name(model: nn.Module) -> str:
     name = getattr(model, "pretrained_cfg", {}).get("classifier")
+    if isinstance(name, (tuple, list)):  # e.g. distilled DeiT: a class head and a distillation head
+        raise UserError(f"{type(model).__name__} has several classification heads ({', '.join(name)}); use a single-head variant (e.g. deit_*_patch16_224, not *_distilled_*)")
     if name:
         return name
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None

@@ -1,14 +1,24 @@
-"""The static leaderboard site: result rows -> tables -> HTML (Jinja), with no torch anywhere.
+"""The static leaderboard site: result rows -> tables, statistics and SVG plots -> HTML (Jinja).
+No torch anywhere in this package.
 
-    build_site(rows, out_dir)          rows as returned by `medpeft_cli.store.query`
-    build_site_from_db(db_path, out)   the same, reading the DuckDB results store
+    build_site(rows, out_dir, methods=..., runs_dir=..., base_url=...)
+    build_site_from_db(db_path, out_dir, ...)   the same, reading the DuckDB results store
 
-The site opens from file:// (relative links, no scripts, no network): index.html with one table
-per dataset/backbone, runs/<run_key>.html per run, static/style.css, results.json and results.csv.
+The site opens from file:// (relative links, no network, a small local script for sorting and
+filtering; every page reads the same without it):
+
+    index.html                overview: one table per backbone/task/weights/protocol, methods x datasets
+    datasets/<name>.html      data-volume and Pareto plots, per-class F1, all runs on the dataset
+    methods/<name>.html       description, citation, capabilities, results across datasets
+    methods.html              the capability matrix
+    significance.html         Friedman + Nemenyi critical-difference diagrams, Wilcoxon vs full
+    runs/<run_key>.html       one run: spec, provenance, metrics, curves, confusion matrix, files
+    downloads.html            results.csv / .json / .parquet and summary.csv
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +26,8 @@ from typing import Any
 from medpeft_cli.report.render import render_site
 
 __all__ = ["build_site", "build_site_from_db"]
+
+Methods = Iterable[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]] | None
 
 
 def build_site(
@@ -25,13 +37,34 @@ def build_site(
     db_label: str | None = None,
     *,
     generated_at: datetime | None = None,
+    methods: Methods = None,
+    runs_dir: str | Path | None = None,
+    base_url: str | None = None,
+    workers: int | None = None,
 ) -> Path:
-    """Render the site for `rows` into `out_dir`; returns the path of index.html."""
-    return render_site(rows, out_dir, title=title, db_label=db_label, generated_at=generated_at)
+    """Render the site for `rows` into `out_dir`; returns the path of index.html.
+
+    `methods`: method metadata (name, kind, families, cite, summary, default_lr), as the CLI reads
+    it from the method registry; `runs_dir`: where run directories are (optional: confusion matrices,
+    samples and files); `base_url`: where the site will be published (canonical links, sitemap);
+    `workers`: processes for the run pages (default: one per CPU on sites of 2,000 runs or more).
+    """
+    return render_site(
+        rows, out_dir, title=title, db_label=db_label, generated_at=generated_at, methods=methods, runs_dir=runs_dir,
+        base_url=base_url, workers=workers,
+    )  # fmt: skip
 
 
-def build_site_from_db(db_path: str | Path, out_dir: str | Path, title: str = "medpeft leaderboard") -> Path:
+def build_site_from_db(
+    db_path: str | Path,
+    out_dir: str | Path,
+    title: str = "medpeft leaderboard",
+    *,
+    methods: Methods = None,
+    runs_dir: str | Path | None = None,
+    base_url: str | None = None,
+) -> Path:
     """Render the site for every row of the DuckDB results store at `db_path`."""
     from medpeft_cli.store.results import query
 
-    return build_site(query(db_path), out_dir, title=title, db_label=str(db_path))
+    return build_site(query(db_path), out_dir, title=title, db_label=str(db_path), methods=methods, runs_dir=runs_dir, base_url=base_url)

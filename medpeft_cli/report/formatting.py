@@ -1,7 +1,7 @@
 """How numbers look on the site: one place, so every page formats them the same way.
 
-- metrics (0-1 scale): 3 decimals, ``0.612``; a mean over several runs ``0.612 ± 0.034``
-  (sample standard deviation, n-1), the std only when at least two runs have the metric;
+- metrics: their own number of decimals (3 on the 0-1 scale), ``0.612``; a mean over seeds with the
+  half-width of its 95 % confidence interval, ``0.612 ± 0.034``, the interval only when n >= 2;
 - parameter counts: ``512``, ``28.7K``, ``1.2M``, ``3.4B``; percentages with 2 significant digits
   below 10 % (``0.034 %``, ``1.2 %``) and 1 decimal above (``12.5 %``, ``100.0 %``);
 - missing values (None) are ``—``; a metric that is NaN or infinite is printed as such.
@@ -38,15 +38,6 @@ def metric(x: Any) -> str:
     return _missing(x) or f"{x:.3f}"
 
 
-def mean_std(stat: Any) -> str:
-    """``mean ± std`` of a `Stat`; only the mean when fewer than two values."""
-    if stat is None or stat.mean is None:
-        return DASH
-    if stat.std is None:
-        return metric(stat.mean)
-    return f"{metric(stat.mean)} {PLUS_MINUS} {metric(stat.std)}"
-
-
 def params(n: Any) -> str:
     """A parameter count, human readable (28.7K, 1.2M)."""
     text = _missing(n)
@@ -59,6 +50,11 @@ def params(n: Any) -> str:
         if round(abs(n) / unit, 1) < 1000:
             return f"{n / unit:.1f}{suffix}"
     return f"{n / 1e12:.1f}T"
+
+
+def params_tick(n: Any) -> str:
+    """A round parameter count on an axis: ``10K``, ``1M`` (no trailing .0)."""
+    return params(n).replace(".0", "")
 
 
 def percent(x: Any) -> str:
@@ -105,6 +101,18 @@ def throughput(x: Any) -> str:
     return text or f"{x:,.1f} img/s"
 
 
+def size(x: Any) -> str:
+    """A file size in bytes: ``512 B``, ``12.3 KB``, ``4.5 MB``."""
+    text = _missing(x)
+    if text is not None:
+        return text
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(x) < 1024 or unit == "GB":
+            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
+        x /= 1024
+    return f"{x:.1f} GB"  # pragma: no cover - the loop always returns
+
+
 def count(x: Any) -> str:
     """An exact integer count with thousands separators."""
     text = _missing(x)
@@ -137,6 +145,7 @@ KINDS = {
     "megabytes": megabytes,
     "throughput": throughput,
     "count": count,
+    "bytes": size,
     "params_exact": params_exact,
     "value": value,
 }
@@ -153,3 +162,40 @@ def span(pair: tuple[Any, Any] | None, kind: str = "value") -> str:
         return DASH
     low, high = (fmt(x, kind) for x in pair)
     return low if low == high else f"{low}–{high}"
+
+
+def decimals(x: Any, places: int) -> str:
+    """A number with a fixed number of decimals (a metric on its own scale)."""
+    return _missing(x) or f"{x:.{places}f}"
+
+
+def estimate(stat: Any, places: int = 3) -> str:
+    """``mean ± half-width`` of the 95 % CI of a `Stat`; only the mean when it has no interval."""
+    if stat is None or stat.mean is None:
+        return DASH
+    if stat.half_width is None:
+        return decimals(stat.mean, places)
+    return f"{decimals(stat.mean, places)} {PLUS_MINUS} {decimals(stat.half_width, places)}"
+
+
+def pvalue(p: Any) -> str:
+    """``p < 0.001`` or ``p = 0.012``."""
+    if not is_number(p):
+        return DASH
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def filter_value(x: Any) -> str:
+    """The text a filter compares: ``none`` for a missing value, numbers in their shortest form."""
+    if x is None:
+        return "none"
+    if is_number(x):
+        return f"{x:g}"
+    return str(x)
+
+
+def sort_value(x: Any) -> str:
+    """A number for the data-v attribute that the table sorter reads (empty when missing)."""
+    if not is_number(x):
+        return ""
+    return f"{x:.6g}"

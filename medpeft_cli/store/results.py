@@ -37,6 +37,9 @@ COLUMNS: dict[str, str] = {
     "seed": "INTEGER",
     "epochs": "INTEGER",
     "lr": "DOUBLE",
+    "lr_source": "VARCHAR",  # given | method-default | tuned (medpeft tune, issue 7)
+    "tuned_lr_trials": "INTEGER",  # finished Optuna trials the tuned lr was chosen from
+    "tune_study": "VARCHAR",  # the Optuna study that gave the tuned lr
     "batch_size": "INTEGER",
     "image_size": "INTEGER",
     "precision": "VARCHAR",
@@ -59,6 +62,8 @@ COLUMNS: dict[str, str] = {
     "method_params": "BIGINT",
     "total_params": "BIGINT",
     "trainable_pct": "DOUBLE",
+    "backbone_params": "BIGINT",  # the backbone without its head (base of a percentage budget)
+    "param_budget": "BIGINT",  # the method-parameter budget asked for (--param-budget); achieved: method_params
     "wall_time_s": "DOUBLE",
     "train_images_per_s": "DOUBLE",
     "peak_memory_mb": "DOUBLE",
@@ -80,6 +85,28 @@ COLUMNS: dict[str, str] = {
     "backbone_checksum": "VARCHAR",
     "started_at": "VARCHAR",
     "finished_at": "VARCHAR",
+    "status_detail": "VARCHAR",  # why a run is not 'ok' (e.g. 'diverged': where the loss became NaN/Inf) (issue 8)
+    # data regime, calibration and subgroups (issue 4)
+    "shots": "INTEGER",
+    "class_weighting": "VARCHAR",
+    "split_checksum": "VARCHAR",
+    "test_ece": "DOUBLE",
+    "worst_group_f1": "DOUBLE",
+    "worst_group": "VARCHAR",
+    "group_gap": "DOUBLE",
+    # text-to-image runs (issue 6): FID/KID mean and std over generation seeds, what they were measured with
+    "test_fid": "DOUBLE",
+    "test_fid_std": "DOUBLE",
+    "test_kid": "DOUBLE",
+    "test_kid_std": "DOUBLE",
+    "fid_features": "VARCHAR",  # inception | dinov2 | <timm name>[@random|@file]
+    "fid_samples": "INTEGER",  # images generated per seed (= real test images compared)
+    "fid_seeds": "VARCHAR",  # JSON list of the generation seeds
+    "train_loss": "DOUBLE",  # last epoch's mean training loss (noise-prediction MSE)
+    "val_loss": "DOUBLE",  # validation loss with fixed noise after training
+    "generate_images_per_s": "DOUBLE",
+    "diffusers_version": "VARCHAR",
+    "transformers_version": "VARCHAR",
 }
 
 # How long a writer waits for another process's lock before giving up (seconds).
@@ -163,6 +190,19 @@ def append(db_path: str | Path, row: dict[str, Any], replace: bool = False) -> b
         inserted = _insert(con, row)
         con.execute("COMMIT")
     return inserted
+
+
+def check_database(db_path: str | Path) -> None:
+    """Fail before a run trains if its row could not be stored: a file that is not a DuckDB database,
+    one locked beyond the retry budget, or a directory that cannot be created. Creates nothing."""
+    from medpeft_cli.store.rundir import check_writable_dir
+
+    db_path = Path(db_path)
+    if db_path.exists():
+        with _connect(db_path):
+            pass
+    else:
+        check_writable_dir(db_path.parent, "--db")
 
 
 def has_run(db_path: str | Path, run_key: str) -> bool:

@@ -7,17 +7,22 @@ file the DuckDB table is rebuilt from.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from medpeft_cli.errors import UserError
 
 RESULT_FILE = "result.json"
+FAILED_DIR = ".failed"  # runs/.failed/<run_key>/status.json: why the last attempt of a key crashed
+STATUS_FILE = "status.json"
 
 
 def write_run_dir(runs_dir: Path, run_key: str, fill: Callable[[Path], dict[str, Any]], replace: bool = False) -> Path:
@@ -89,3 +94,72 @@ def iter_results(runs_dir: Path) -> Iterator[dict[str, Any]]:
         except (OSError, json.JSONDecodeError):
             continue
         yield {k: v for k, v in row.items() if k in COLUMNS}
+
+
+def check_writable_dir(path: Path, option: str) -> None:
+    """Fail now, before anything is trained or written, if `path` cannot be created or written."""
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is not a directory; choose another {option}")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create {path}: {existing} is a file, not a directory; choose another {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {existing} (permission denied); choose another {option}")
+
+
+def failed_dir(runs_dir: Path, run_key: str) -> Path:
+    return Path(runs_dir) / FAILED_DIR / run_key
+
+
+@contextmanager
+def failure_recorded(runs_dir: Path, run_key: str, spec: dict[str, Any], passthrough: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Record a crash of the block in `runs/.failed/<run_key>/status.json` (status, error, traceback).
+
+    The run's row and directory are never written for a crashed run; the status file says what
+    happened. Exceptions in `passthrough` (a clean stop, a recorded divergence) are not failures; they
+    and a success remove an earlier attempt's status file.
+    """
+    target = failed_dir(runs_dir, run_key)
+    try:
+        yield
+    except passthrough:
+        _clear(target)
+        raise
+    except Exception as exc:
+        status = {
+            "run_key": run_key,
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+            "failed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "spec": spec,
+            "resume": "rerun the same command with --resume to continue from the last checkpoint (runs/.partial/<run_key>/)",
+        }
+        try:  # best effort: the disk may be what failed
+            target.mkdir(parents=True, exist_ok=True)
+            tmp = target / f".{STATUS_FILE}.{os.getpid()}.tmp"
+            _write_json(tmp, status)
+            os.replace(tmp, target / STATUS_FILE)
+        except OSError:
+            pass
+        raise
+    _clear(target)
+
+
+def _clear(target: Path) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    try:
+        target.parent.rmdir()
+    except OSError:
+        pass
+
+
+def read_failure(runs_dir: Path, run_key: str) -> dict[str, Any] | None:
+    path = failed_dir(runs_dir, run_key) / STATUS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None

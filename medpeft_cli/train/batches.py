@@ -16,8 +16,8 @@ class ArrayDataset(Dataset):
     """uint8 images (N, H, W, 3) and int labels; yields (images, labels, sample indices)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images = torch.from_numpy(np.ascontiguousarray(images))
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.images = images  # numpy (possibly memory-mapped): rows are gathered with numpy, ~100x faster than torch indexing here
+        self.labels = np.asarray(labels, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -26,8 +26,8 @@ class ArrayDataset(Dataset):
         return self.__getitems__([index])
 
     def __getitems__(self, indices: list[int]):
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[idx], self.labels[idx], idx
+        idx = np.asarray(indices, dtype=np.int64)
+        return torch.from_numpy(self.images[idx]), torch.from_numpy(self.labels[idx]), torch.from_numpy(idx)
 
 
 def _whole_batch(batch):

@@ -8,6 +8,7 @@ the same method.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ from medpeft_cli.errors import UserError
 
 ADAPTER_DIR = "adapter"
 TRAINABLE_FILE = "trainable.safetensors"
+# Beside peft's files: how the backbone was prepared before peft wrapped it (a fused qkv split into q, k, v).
+STRUCTURE_FILE = "medpeft_structure.json"
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -30,11 +33,27 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_weights(model: nn.Module, out_dir: Path, peft_owned: bool) -> str:
     """Write the trained state under out_dir; returns the relative path written."""
     if peft_owned:
+        from medpeft_cli.methods.qkv import has_split_qkv
+
         model.save_pretrained(str(out_dir / ADAPTER_DIR))
+        structure = {"split_qkv": has_split_qkv(model)}
+        (out_dir / ADAPTER_DIR / STRUCTURE_FILE).write_text(json.dumps(structure) + "\n", encoding="utf-8")
         return ADAPTER_DIR
     state = {k: v.detach().cpu().contiguous() for k, v in trainable_state(model).items()}
     save_file(state, str(out_dir / TRAINABLE_FILE), metadata={"format": "medpeft-trainable-v1"})
     return TRAINABLE_FILE
+
+
+def prepare_for_adapter(model: nn.Module, adapter: Path) -> None:
+    """Give a fresh backbone the module layout the peft adapter was trained on (before `PeftModel.from_pretrained`)."""
+    from medpeft_cli.methods.common import expose_fused_qkv
+    from medpeft_cli.methods.qkv import split_fused_qkv
+
+    expose_fused_qkv(model)  # EVA: without it the adapted qkv layer would be bypassed
+    path = adapter / STRUCTURE_FILE
+    structure = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if structure.get("split_qkv"):
+        split_fused_qkv(model)
 
 
 def load_weights(model: nn.Module, run_dir: Path, peft_owned: bool) -> nn.Module:
@@ -45,6 +64,7 @@ def load_weights(model: nn.Module, run_dir: Path, peft_owned: bool) -> nn.Module
         adapter = run_dir / ADAPTER_DIR
         if not (adapter / "adapter_config.json").is_file():
             raise UserError(f"{run_dir} has no peft adapter ({adapter}/adapter_config.json missing); the run directory is incomplete")
+        prepare_for_adapter(model, adapter)
         return PeftModel.from_pretrained(model, str(adapter))
     path = run_dir / TRAINABLE_FILE
     if not path.is_file():

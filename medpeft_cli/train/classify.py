@@ -23,6 +23,10 @@ from medpeft_cli.config import TrainOptions
 from medpeft_cli.train.batches import InputTransform
 from medpeft_cli.train.checkpoint import trainable_state
 from medpeft_cli.train.metrics import classification_metrics
+from medpeft_cli.train.resume import Checkpointer, Preempted, StopFlag, frozen_fingerprint, restore_rng, rng_state
+
+# How often (optimizer steps) the loop looks for a NaN/Inf loss inside an epoch: each look waits for the device.
+DIVERGENCE_CHECK_STEPS = 20
 
 
 @dataclass
@@ -34,14 +38,27 @@ class Predictions:
 
 @dataclass
 class FitResult:
-    best_epoch: int
-    val_metrics: dict
-    test_metrics: dict
-    test_predictions: Predictions
+    best_epoch: int | None
+    val_metrics: dict | None
+    test_metrics: dict | None
+    test_predictions: Predictions | None
     history: list[dict] = field(default_factory=list)
     train_images_per_s: float = 0.0
     peak_memory_mb: float = 0.0
     memory_kind: str = ""
+    status: str = "ok"  # or "diverged": the loss became NaN/Inf; no metrics then
+    detail: str = ""
+
+
+def balanced_loader(loader, sample_weights: torch.Tensor, seed: int):
+    """The same batches as `loader` but drawn with replacement, each sample with probability
+    proportional to its weight (1 / class count gives every class the same chance); one epoch
+    still has len(dataset) samples."""
+    from torch.utils.data import DataLoader, WeightedRandomSampler
+
+    generator = torch.Generator().manual_seed(seed)
+    sampler = WeightedRandomSampler(sample_weights.double(), num_samples=len(sample_weights), replacement=True, generator=generator)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, collate_fn=loader.collate_fn)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
@@ -64,7 +81,13 @@ def predict(model: nn.Module, loader, transform: InputTransform, accelerator: Ac
         chunks.append((indices, labels, logits.float().softmax(dim=1)))
     indices, labels, probs = (torch.cat(parts) for parts in zip(*chunks))
     indices, labels, probs = accelerator.gather_for_metrics((indices, labels, probs))
-    return Predictions(indices.cpu(), labels.cpu(), probs.cpu())
+    # Called once after the loop, gather_for_metrics cannot drop the samples Accelerate repeats to
+    # pad the last batch of each process (it does that only per batch); the sample indices make the
+    # de-duplication exact: keep each index once (issue 7, multi-process runs).
+    indices = indices.cpu()
+    unique, inverse = torch.unique(indices, return_inverse=True)
+    first = torch.full_like(unique, len(indices)).scatter_reduce(0, inverse, torch.arange(len(indices)), reduce="amin")
+    return Predictions(indices[first], labels.cpu()[first], probs.cpu()[first])
 
 
 def _peak_memory(accelerator: Accelerator) -> tuple[float, str]:
@@ -84,7 +107,21 @@ def fit(
     accelerator: Accelerator,
     on_epoch: Callable[[dict], None] = lambda record: None,
     on_step: Callable[[int], None] = lambda n_images: None,
+    class_weights: torch.Tensor | None = None,
+    checkpoint: Checkpointer | None = None,
+    resume: dict | None = None,
+    stop: StopFlag | None = None,
 ) -> FitResult:
+    """Train, select the epoch on validation macro-F1, score test.
+
+    With `checkpoint`, the state is saved after every epoch and, when `stop` is set (SIGTERM/SIGUSR1),
+    after the current optimizer step, before raising `Preempted`. `resume` (a loaded checkpoint)
+    continues from the step it was saved at, with the same data order and RNG states, so the result
+    equals an uninterrupted run's exactly on CPU. A NaN/Inf loss ends training with status "diverged".
+    """
+    stop = stop or StopFlag()
+    # The shuffling generator: its state at the start of an epoch fixes that epoch's batches.
+    data_generator = loaders["train"].sampler.generator
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=options.weight_decay)
     model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
@@ -95,36 +132,102 @@ def fit(
     # Stepped by hand (not through accelerator.prepare, which would step it once per process).
     scheduler = make_scheduler(optimizer, total_steps, round(options.warmup_epochs * steps_per_epoch))
 
+    loss_weight = class_weights.to(accelerator.device) if class_weights is not None else None
     best_f1, best_epoch, best_state = -1.0, 0, None
     history, val_metrics = [], {}
     images_seen, train_seconds = 0, 0.0
-    for epoch in range(1, options.epochs + 1):
+    unwrapped = accelerator.unwrap_model(model)
+    trainable_keys = set(trainable_state(unwrapped))
+    if checkpoint is not None:
+        checkpoint.fingerprint = frozen_fingerprint(unwrapped, trainable_keys)
+    start_epoch, skip_steps = 1, 0
+    if resume is not None:
+        checkpoint.check_model(resume, trainable_keys)
+        unwrapped.load_state_dict(resume["model"], strict=False)
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        accelerator.step = resume["accelerator_step"]  # where gradient accumulation is in its cycle
+        best_f1, best_epoch, best_state, val_metrics = resume["best_f1"], resume["best_epoch"], resume["best_state"], resume["val_metrics"]
+        history, images_seen, train_seconds = resume["history"], resume["images_seen"], resume["train_seconds"]
+        start_epoch, skip_steps = resume["epoch"], resume["step"]
+        data_generator.set_state(resume["data_generator"])
+        for record in history:  # the log and progress of the epochs done before the interruption
+            on_epoch(record)
+
+    def any_process(flag: bool | torch.Tensor) -> bool:
+        """True when `flag` is set on any process (all processes must stop at the same step)."""
+        if accelerator.num_processes == 1:
+            return bool(flag)
+        return bool(accelerator.reduce(torch.as_tensor(flag, dtype=torch.float32, device=accelerator.device), "sum") > 0)
+
+    def save(epoch: int, step: int, generator_state: torch.Tensor, loss_sum: torch.Tensor, epoch_images: int, epoch_seconds: float) -> None:
+        """Checkpoint "continue in `epoch` after `step` batches"; the generator state is the one at that epoch's start."""
+        if checkpoint is None:
+            return
+        checkpoint.save({
+            "epoch": epoch, "step": step, "accelerator_step": accelerator.step,
+            "model": {k: v.detach().cpu().clone() for k, v in trainable_state(unwrapped).items()},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "data_generator": generator_state, "rng": rng_state(),
+            "loss_sum": loss_sum.detach().cpu(), "epoch_images": epoch_images, "epoch_seconds": epoch_seconds,
+            "best_f1": best_f1, "best_epoch": best_epoch, "val_metrics": val_metrics,
+            "best_state": None if best_state is None else {k: v.detach().cpu() for k, v in best_state.items()},
+            "history": history, "images_seen": images_seen, "train_seconds": train_seconds,
+        })  # fmt: skip
+        accelerator.wait_for_everyone()
+
+    diverged = ""
+    nonfinite = torch.zeros((), dtype=torch.bool, device=accelerator.device)
+    for epoch in range(start_epoch, options.epochs + 1):
         model.train()
         loss_sum = torch.zeros((), device=accelerator.device)
-        epoch_images = 0
+        epoch_images, seconds_before = 0, 0.0
+        epoch_generator = data_generator.get_state()
+        if resume is not None and epoch == start_epoch:
+            loss_sum = resume["loss_sum"].to(accelerator.device)
+            epoch_images, seconds_before = resume["epoch_images"], resume["epoch_seconds"]
+            if skip_steps == 0:
+                restore_rng(resume["rng"])
         start = time.perf_counter()
+        step = 0
         for images, labels, _ in train_loader:
+            step += 1
+            if step <= skip_steps:  # replay the interrupted epoch's order up to where the checkpoint was taken
+                if step == skip_steps:
+                    restore_rng(resume["rng"])
+                continue
             with accelerator.accumulate(model):
                 logits = model(transform(images))
-                loss = F.cross_entropy(logits.float(), labels)
+                loss = F.cross_entropy(logits.float(), labels, weight=loss_weight)
                 accelerator.backward(loss)
                 optimizer.step()
                 if accelerator.sync_gradients:
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach() * len(labels)  # no host sync inside the step loop
+            nonfinite |= ~torch.isfinite(loss.detach())
             epoch_images += len(labels)
             on_step(len(labels))
+            if accelerator.sync_gradients and any_process(stop.requested):
+                save(epoch, step, epoch_generator, loss_sum, epoch_images, seconds_before + time.perf_counter() - start)
+                raise Preempted(f"{stop.reason}: stopped in epoch {epoch} after step {step}")
+            if step % DIVERGENCE_CHECK_STEPS == 0 and any_process(nonfinite):
+                diverged = f"training loss became NaN/Inf in epoch {epoch} (by step {step})"
+                break
+        skip_steps = 0
+        if diverged:
+            break
         if accelerator.device.type == "cuda":
             torch.cuda.synchronize(accelerator.device)
-        seconds = time.perf_counter() - start
+        seconds = seconds_before + time.perf_counter() - start
         images_seen += epoch_images
         train_seconds += seconds
 
         totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(epoch_images), device=accelerator.device)]), "sum")
         train_loss = float(totals[0] / totals[1])
         if not math.isfinite(train_loss):
-            raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate")
+            diverged = f"training loss became {train_loss} in epoch {epoch}"
+            break
         val = predict(model, val_loader, transform, accelerator)
         val_metrics_epoch = classification_metrics(val.probs, val.labels, num_classes)
         record = {
@@ -139,8 +242,14 @@ def fit(
         if val_metrics_epoch["macro_f1"] > best_f1:
             best_f1, best_epoch, val_metrics = val_metrics_epoch["macro_f1"], epoch, val_metrics_epoch
             best_state = {k: v.clone() for k, v in trainable_state(accelerator.unwrap_model(model)).items()}
+        save(epoch + 1, 0, data_generator.get_state(), torch.zeros(()), 0, 0.0)
+        if any_process(stop.requested):
+            raise Preempted(f"{stop.reason}: stopped after epoch {epoch}")
 
-    unwrapped = accelerator.unwrap_model(model)
+    if diverged:
+        peak, kind = _peak_memory(accelerator)
+        return FitResult(None, None, None, None, history=history, peak_memory_mb=peak, memory_kind=kind, status="diverged", detail=diverged,
+                         train_images_per_s=images_seen * accelerator.num_processes / max(train_seconds, 1e-9))
     if best_state is not None:
         unwrapped.load_state_dict(best_state, strict=False)
     test = predict(model, test_loader, transform, accelerator)

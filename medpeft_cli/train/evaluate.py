@@ -13,8 +13,13 @@ from medpeft_cli.store import read_result
 SPLITS = ("train", "val", "test")
 
 
-def evaluate_run(run_dir: Path, split: str = "test", dataset: str | None = None, data_dir: Path | None = None) -> dict[str, Any]:
-    """Metrics of the saved run on `split`; the backbone is rebuilt and checked against the stored checksum."""
+def evaluate_run(
+    run_dir: Path, split: str = "test", dataset: str | None = None, data_dir: Path | None = None, t2i: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Metrics of the saved run on `split`; the backbone is rebuilt and checked against the stored checksum.
+
+    Text-to-image runs are re-generated and re-scored (medpeft_cli/t2i/evaluate.py); `t2i` passes their
+    evaluation overrides (fid_features, fid_samples, fid_seeds, samples_out, log)."""
     from accelerate import Accelerator
 
     from medpeft_cli.data import load_dataset
@@ -33,7 +38,13 @@ def evaluate_run(run_dir: Path, split: str = "test", dataset: str | None = None,
         spec = RunSpec.model_validate(json.loads((run_dir / "spec.json").read_text(encoding="utf-8")))
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read the spec of {run_dir} ({exc}); the run directory is damaged") from None
-    data = load_dataset(dataset or spec.dataset, data_dir if data_dir is not None else spec.output.data_dir)
+    if spec.task == "t2i":
+        from medpeft_cli.t2i.evaluate import evaluate_t2i_run
+
+        return evaluate_t2i_run(run_dir, row, spec, split=split, dataset=dataset, data_dir=data_dir, **(t2i or {}))
+    data = load_dataset(
+        dataset or spec.dataset, data_dir if data_dir is not None else spec.output.data_dir, resolution=spec.data_resolution
+    )
     if data.num_classes != row["num_classes"]:
         raise UserError(f"dataset {data.name} has {data.num_classes} classes but run {row['run_key']} was trained on {row['num_classes']}; evaluate on a dataset with the same classes")
 

@@ -1,0 +1,116 @@
+"""Bottleneck adapters for transformer blocks: AdaptFormer (parallel to the MLP) and Houlsby adapters
+(sequential, after attention and after the MLP). Both are zero at init (the up projection starts at
+0), so the adapted model equals the backbone; both add a non-linearity, so they cannot be merged.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from medpeft_cli.methods.common import freeze, norm_layers, train_head, transformer_blocks
+from medpeft_cli.methods.registry import register_method
+
+
+class Bottleneck(nn.Module):
+    """x -> scale · up(act(down(x))), with up = 0 at init."""
+
+    def __init__(self, width: int, bottleneck: int, act: nn.Module, scale: float, dropout: float, like: torch.Tensor):
+        super().__init__()
+        kw = {"device": like.device, "dtype": like.dtype}
+        self.down = nn.Linear(width, bottleneck, **kw)  # torch's default (Kaiming-uniform) init
+        self.act = act
+        self.dropout = nn.Dropout(dropout)
+        self.up = nn.Linear(bottleneck, width, **kw)
+        self.scale = scale
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.dropout(self.act(self.down(x)))) * self.scale
+
+
+def _width(module: nn.Module) -> int:
+    """Input width of a transformer block's attention/MLP (the first Linear's input features)."""
+    return next(m for m in module.modules() if isinstance(m, nn.Linear)).in_features
+
+
+def _parallel(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+    return output + module.adaptmlp(args[0])
+
+
+def _sequential(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+    return output + module.adapter(output)
+
+
+class AdaptFormerOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bottleneck: int = Field(64, ge=1, description="hidden width of the AdaptMLP (the paper uses 64 for ViT-B)")
+    scale: float = Field(0.1, gt=0, description="s, the factor on the AdaptMLP's output (the paper's 0.1)")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+@register_method(
+    "adaptformer",
+    families={"vit", "hvit"},
+    kind="additive",
+    cite="Chen et al.: AdaptFormer: Adapting Vision Transformers for Scalable Visual Recognition, NeurIPS 2022",
+    url="https://arxiv.org/abs/2205.13535",
+    default_lr=1e-3,
+    options=AdaptFormerOptions,
+    knob="bottleneck",
+)
+def adaptformer(backbone, options: AdaptFormerOptions) -> nn.Module:
+    """AdaptFormer: an AdaptMLP s·ReLU(LN(x)·W_down)·W_up parallel to each block's MLP (LN = the block's frozen pre-MLP norm; W_up = 0 at init).
+
+    Chen et al.: AdaptFormer: Adapting Vision Transformers for Scalable Visual Recognition, NeurIPS 2022 (https://arxiv.org/abs/2205.13535)
+    """
+    model = backbone.model
+    freeze(model)
+    for _, block in transformer_blocks(model):
+        mlp = block.mlp
+        like = next(mlp.parameters())
+        mlp.add_module("adaptmlp", Bottleneck(_width(mlp), options.bottleneck, nn.ReLU(), options.scale, options.dropout, like))
+        mlp.register_forward_hook(_parallel)
+    train_head(model, backbone.head_name)
+    return model
+
+
+class AdapterOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bottleneck: int = Field(8, ge=1, description="adapter size m (the paper sweeps 8-256)")
+    train_norms: bool = Field(True, description="also train the layer-norm parameters (as Houlsby et al. do)")
+
+
+@register_method(
+    "adapter",
+    families={"vit", "hvit"},
+    kind="additive",
+    cite="Houlsby et al.: Parameter-Efficient Transfer Learning for NLP, ICML 2019",
+    url="https://arxiv.org/abs/1902.00751",
+    default_lr=1e-3,
+    options=AdapterOptions,
+    knob="bottleneck",
+)
+def adapter(backbone, options: AdapterOptions) -> nn.Module:
+    """Houlsby adapter: a residual bottleneck h + up(GELU(down(h))) after each block's attention and after its MLP (up = 0 at init); the layer norms train too.
+
+    Houlsby et al.: Parameter-Efficient Transfer Learning for NLP, ICML 2019 (https://arxiv.org/abs/1902.00751)
+    """
+    model = backbone.model
+    freeze(model)
+    for _, block in transformer_blocks(model):
+        for part in (block.attn, block.mlp):
+            like = next(part.parameters())
+            part.add_module("adapter", Bottleneck(_width(part), options.bottleneck, nn.GELU(), 1.0, 0.0, like))
+            part.register_forward_hook(_sequential)
+    if options.train_norms:
+        for _, layer in norm_layers(model, exclude=backbone.head_name):
+            for param in layer.parameters(recurse=False):
+                param.requires_grad_(True)
+    train_head(model, backbone.head_name)
+    return model

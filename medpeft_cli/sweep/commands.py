@@ -1,0 +1,254 @@
+"""CLI commands of the sweep layer: `medpeft sweep plan|run|run-one|slurm`, `medpeft tune`, `medpeft prefetch`.
+
+Registered on the main app by cli.py. Like every command, each one parses its options and calls a
+module; heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from medpeft_cli.errors import UserError
+
+# soft_wrap: one run per line, unbroken, in logs (Slurm, CI) as on a terminal
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+sweep_app = typer.Typer(
+    help="Grids of runs: plan a manifest, run what is missing here, or as a Slurm job array.", no_args_is_help=True
+)
+
+GridArg = Annotated[Path, typer.Argument(help="A grid file (YAML: a run config plus grid:/exclude:/tune:) or a manifest .json.")]
+
+
+def _plan(path: Path, manifest_out: Path | None):
+    """Load a manifest, or plan a grid and write its manifest; returns (manifest, manifest path)."""
+    from medpeft_cli.sweep.manifest import default_manifest_path, is_manifest_file, plan, read_manifest, write_manifest
+
+    if is_manifest_file(path):
+        return read_manifest(path), path
+    manifest = plan(path)
+    return manifest, write_manifest(manifest, manifest_out or default_manifest_path(manifest))
+
+
+def _summary(manifest, manifest_path: Path) -> None:
+    from medpeft_cli.sweep.manifest import status
+
+    state = status(manifest)
+    dropped = f" ({manifest.excluded} excluded, {manifest.duplicates} duplicates dropped)" if manifest.excluded or manifest.duplicates else ""
+    out.print(f"grid {manifest.name}: {len(manifest.entries)} runs{dropped}")
+    waiting = f", {len(state.waiting)} waiting for a tuned lr ({len(state.studies_waiting)} studies)" if state.waiting else ""
+    out.print(f"  {len(state.done)} done, {len(state.todo)} to run{waiting}")
+    out.print(f"manifest: {manifest_path}")
+
+
+@sweep_app.command("plan")
+def sweep_plan(
+    grid: GridArg,
+    manifest_out: Annotated[Optional[Path], typer.Option("--manifest", help="Where to write the manifest [default: sweeps/<name>.manifest.json].")] = None,
+    show: Annotated[bool, typer.Option("--show", help="List every run with its key and status.")] = False,
+) -> None:
+    """Expand a grid into a manifest of run specs and keys; say how many runs are already done."""
+    manifest, path = _plan(grid, manifest_out)
+    _summary(manifest, path)
+    if show:
+        _show(manifest)
+
+
+def _show(manifest) -> None:
+    from rich.table import Table
+
+    from medpeft_cli.sweep.manifest import Resolver
+
+    resolver = Resolver(manifest)
+    table = Table(title_justify="left")
+    for column in ("#", "run key", "status", "method", "backbone", "dataset", "fraction", "seed", "lr"):
+        table.add_column(column, no_wrap=column in ("run key", "status"))
+    for entry in manifest.entries:
+        ready = resolver.ready(entry)
+        spec = entry.spec
+        state = "waiting" if ready is None else ("done" if ready.done else "to run")
+        lr = "tuned" if entry.study and ready is None else f"{(ready.spec.train.lr if ready else spec['train']['lr']):.3g}"
+        table.add_row(
+            str(entry.index), ready.run_key if ready else "-", state, spec["method"]["name"], spec["backbone"], spec["dataset"],
+            f"{spec['data_fraction']:g}", str(spec["seed"]), lr + (" (tuned)" if entry.study and ready else ""),
+        )  # fmt: skip
+    out.print(table)
+
+
+@sweep_app.command("run")
+def sweep_run(
+    grid: GridArg,
+    concurrent: Annotated[int, typer.Option("--concurrent", "-j", help="Runs at once (as subprocesses sharing the GPU); pays for small models, see docs/scale.md.")] = 1,
+    force: Annotated[bool, typer.Option(help="Rerun finished runs too.")] = False,
+    no_tune: Annotated[bool, typer.Option("--no-tune", help="Fail instead of tuning missing learning rates first.")] = False,
+    manifest_out: Annotated[Optional[Path], typer.Option("--manifest", help="Where to write the manifest [default: sweeps/<name>.manifest.json].")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="One line per epoch of each run (in-process runs).")] = False,
+) -> None:
+    """Run every missing run of a grid on this machine (tuning learning rates first where the grid says `lr: tuned`)."""
+    from medpeft_cli.data.load import offline
+    from medpeft_cli.sweep.local import run_sweep, tune_missing
+    from medpeft_cli.sweep.prefetch import ensure_available
+
+    if concurrent < 1:
+        raise UserError(f"--concurrent must be at least 1, got {concurrent}")
+    manifest, path = _plan(grid, manifest_out)
+    _summary(manifest, path)
+    ensure_available(manifest, download=not offline())
+    from medpeft_cli.sweep.manifest import status
+
+    if status(manifest).studies_waiting:
+        if no_tune:
+            raise UserError(f"runs wait for tuned learning rates; run `medpeft tune {path}` first (or drop --no-tune)")
+        tune_missing(manifest, echo=err.print)
+
+    progress_factory = None
+    if verbose:
+        from medpeft_cli.train.progress import EpochProgress
+
+        def progress_factory():
+            return EpochProgress(err, quiet=False)
+
+    result = run_sweep(manifest, path, path.parent / f"{manifest.name}.logs", concurrent, force, progress_factory, echo=out.print)
+    out.print(f"sweep {manifest.name}: {len(result.finished)} finished, {len(result.skipped)} already done, {len(result.failed)} failed")
+    if result.failed:
+        raise UserError(f"{len(result.failed)} run(s) failed (indices {', '.join(str(i) for i, _ in result.failed)}); their errors are above")
+
+
+@sweep_app.command("run-one")
+def sweep_run_one(
+    manifest_path: Annotated[Path, typer.Argument(help="A manifest (.json) written by `medpeft sweep plan|slurm`.")],
+    index: Annotated[int, typer.Option(help="Entry to run (the Slurm array task id).")],
+    force: Annotated[bool, typer.Option(help="Rerun it even if finished.")] = False,
+    num_processes: Annotated[int, typer.Option("--num-processes", help="Data-parallel processes (GPUs) for this run.")] = 1,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch lines.")] = False,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the checkpoint a stopped (requeued) task left [default: on].")] = True,
+) -> None:
+    """Run one manifest entry (what each Slurm array task calls); a finished key is skipped."""
+    from medpeft_cli.sweep.local import interrupt_on_sigterm, run_one
+
+    if num_processes > 1:
+        from medpeft_cli.sweep.launch import relaunch
+
+        args = ["sweep", "run-one", str(manifest_path), "--index", str(index), *(["--force"] if force else []), *(["--quiet"] if quiet else [])]
+        args += [] if resume else ["--no-resume"]
+        raise typer.Exit(relaunch(args, num_processes))
+    interrupt_on_sigterm()
+    from medpeft_cli.train.progress import EpochProgress
+
+    outcome = run_one(manifest_path, index, force=force, progress=EpochProgress(err, quiet=quiet), resume=resume)
+    if not outcome.row:  # a non-main process of a multi-process launch
+        return
+    row = outcome.row
+    state = "already finished" if outcome.status == "skipped" else "finished"
+    out.print(f"run #{index} {outcome.run_key} {state}: test macro-F1 {row['test_macro_f1']:.4f} ({row['method']} / {row['backbone']} / {row['dataset']}, lr {row['lr']:.3g} {row.get('lr_source') or ''})")
+
+
+@sweep_app.command("slurm")
+def sweep_slurm(
+    grid: GridArg,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Directory for the scripts, manifest and logs [default: slurm/<name>].")] = None,
+    image: Annotated[Optional[str], typer.Option(help="Apptainer image (.sif or docker://ghcr.io/...) the tasks run in; none: this Python's medpeft.")] = None,
+    partition: Annotated[Optional[str], typer.Option()] = None,
+    account: Annotated[Optional[str], typer.Option()] = None,
+    qos: Annotated[Optional[str], typer.Option()] = None,
+    time_limit: Annotated[str, typer.Option("--time", help="Time limit of each task (Slurm format).")] = "04:00:00",
+    gpus_per_task: Annotated[int, typer.Option(help="GPUs per run (more than 1: data-parallel through Accelerate).")] = 1,
+    cpus_per_task: Annotated[int, typer.Option()] = 8,
+    mem: Annotated[Optional[str], typer.Option(help="Memory per task, e.g. 32G.")] = None,
+    max_parallel: Annotated[Optional[int], typer.Option(help="At most K tasks at once (%K).")] = None,
+    signal_lead: Annotated[int, typer.Option(help="Seconds before the time limit at which a task stops and requeues itself.")] = 300,
+    bind: Annotated[Optional[list[str]], typer.Option(help="Extra Apptainer bind, e.g. /scratch/data:/data (repeatable).")] = None,
+    sbatch_arg: Annotated[Optional[list[str]], typer.Option(help="Extra sbatch option, e.g. --constraint=a100 (repeatable).")] = None,
+    report_site: Annotated[Optional[Path], typer.Option("--report", help="Also submit a job that renders the site here after the array.")] = None,
+    online: Annotated[bool, typer.Option("--online", help="Let tasks use the network (default: HF_HUB_OFFLINE=1).")] = False,
+    tune_workers: Annotated[int, typer.Option(help="Parallel workers per tuning study.")] = 1,
+    do_submit: Annotated[bool, typer.Option("--submit", help="Submit the scripts (needs sbatch).")] = False,
+) -> None:
+    """Write an sbatch job array (tuning, runs, report) for what is missing; --submit submits it."""
+    from medpeft_cli.sweep.manifest import is_manifest_file, load_plan
+    from medpeft_cli.sweep.slurm import SlurmOptions, submit, write_scripts
+
+    if tune_workers < 1:
+        raise UserError(f"--tune-workers must be at least 1, got {tune_workers}")
+    manifest = load_plan(grid)
+    target = out_dir or Path("slurm") / manifest.name
+    opts = SlurmOptions(
+        out_dir=target, image=image, partition=partition, account=account, qos=qos, time=time_limit,
+        gpus_per_task=gpus_per_task, cpus_per_task=cpus_per_task, mem=mem, max_parallel=max_parallel,
+        signal_lead_s=signal_lead, binds=bind or [], sbatch_args=sbatch_arg or [], report_site=report_site,
+        offline=not online, tune_workers=tune_workers,
+    )  # fmt: skip
+    result = write_scripts(manifest, opts)
+    _summary(manifest, grid if is_manifest_file(grid) else target / "manifest.json")
+    if result is None:
+        out.print("every run is finished: nothing to submit")
+        return
+    for warning in result.warnings:
+        err.print(f"medpeft: warning: {warning}")
+    for kind, path in result.scripts.items():
+        out.print(f"{kind}: {path}")
+    out.print(f"logs: {result.out_dir / 'logs'}")
+    if do_submit:
+        out.print(submit(result))
+    else:
+        out.print(f"submit with: bash {result.scripts['submit']}")
+
+
+def tune(
+    grid: GridArg,
+    group: Annotated[Optional[int], typer.Option(help="Only this study (its index in the manifest's tune groups; Slurm tune task).")] = None,
+    worker: Annotated[int, typer.Option(help="Worker number when several processes share a study (seeds its sampler).")] = 0,
+    fail_running: Annotated[bool, typer.Option("--fail-running", help="Mark the studies' RUNNING trials as failed (their workers were killed) and exit.")] = False,
+) -> None:
+    """Tune the learning rate of every (method, backbone, dataset) the grid marks `lr: tuned` (Optuna, validation split)."""
+    from rich.table import Table
+
+    from medpeft_cli.sweep.local import interrupt_on_sigterm
+    from medpeft_cli.sweep.manifest import load_plan
+    from medpeft_cli.sweep.tune import describe, fail_running_trials, run_study
+
+    manifest = load_plan(grid)
+    groups = manifest.tune_groups
+    if not groups:
+        raise UserError(f"{grid} has no run with `lr: tuned`; add `lr: tuned` under grid: (or train: {{lr: tuned}})")
+    if group is not None:
+        if not 0 <= group < len(groups):
+            raise UserError(f"--group {group} is outside 0..{len(groups) - 1} (the grid has {len(groups)} tuning studies)")
+        groups = [groups[group]]
+    storage = manifest.tune_storage or ""
+    if fail_running:
+        for g in groups:
+            out.print(f"{g.study}: {fail_running_trials(storage, g)} running trial(s) marked failed")
+        return
+    interrupt_on_sigterm()
+    table = Table(title=f"tuned learning rates ({storage})", title_justify="left")
+    for column in ("study", "lr", "trials", "val macro-F1"):
+        table.add_column(column)
+    for g in groups:
+        err.print(f"study {g.study}: {g.trials} trials, lr {g.lr_min:g}-{g.lr_max:g}, pruner {g.pruner}")
+        info = describe(run_study(storage, g, worker=worker, echo=err.print), g, storage)
+        lr = f"{info['lr']:.4g}" if info["lr"] is not None else "not fixed yet (other workers)"
+        f1 = f"{info['val_macro_f1']:.4f}" if "val_macro_f1" in info else "-"
+        table.add_row(info["study"], lr, f"{info['trials']}/{info['of']}", f1)
+    out.print(table)
+
+
+def prefetch(grid: GridArg) -> None:
+    """Download every dataset and pretrained backbone a grid needs (run it where there is internet access)."""
+    from medpeft_cli.sweep.manifest import load_plan
+    from medpeft_cli.sweep.prefetch import prefetch as fetch
+
+    manifest = load_plan(grid)
+    done = fetch(manifest, echo=out.print)
+    out.print(f"{len(done)} item(s) ready; compute nodes can now run this grid with HF_HUB_OFFLINE=1")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(sweep_app, name="sweep")
+    app.command("tune")(tune)
+    app.command("prefetch")(prefetch)

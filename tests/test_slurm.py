@@ -1,0 +1,185 @@
+"""Slurm job arrays without Slurm: the generated scripts pass `bash -n`, carry the array, throttle,
+requeue and log settings, chain their jobs with dependencies, requeue themselves on the time-limit
+signal, and their per-task commands run here (through a stand-in `apptainer`)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+GRID = """\
+name: arr
+backbone: test_vit
+image_size: 32
+data_fraction: 0.2
+train: {epochs: 1, batch_size: 64}
+grid:
+  method: [linear, bitfit, {name: lora, rank: 2}]
+"""
+
+FAKE_APPTAINER = """\
+#!/bin/bash
+# stand-in for `apptainer exec [--nv] [--bind SRC:DST]... IMAGE CMD...`: runs CMD on this machine
+[[ "$1" == exec ]] || exit 64
+shift
+while [[ "$1" == --* ]]; do if [[ "$1" == --bind ]]; then shift 2; else shift; fi; done
+echo "image=$1 pid=$$" >> "$FAKE_LOG"
+shift
+exec "$@"
+"""
+
+FAKE_SBATCH = """\
+#!/bin/bash
+# stand-in for `sbatch --parsable ...`: records its arguments, prints a job id
+n=$(( $(wc -l < "$FAKE_LOG" 2>/dev/null || echo 0) + 1000 ))
+echo "sbatch $*" >> "$FAKE_LOG"
+echo "$n;cluster"
+"""
+
+FAKE_SCONTROL = """\
+#!/bin/bash
+echo "scontrol $*" >> "$FAKE_LOG"
+"""
+
+
+@pytest.fixture
+def fakes(tmp_path):
+    """A bin directory with stand-ins for apptainer/sbatch/scontrol, first on PATH, and their log."""
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    for name, text in (("apptainer", FAKE_APPTAINER), ("sbatch", FAKE_SBATCH), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "fake.log"
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", "FAKE_LOG": str(log)}
+    return env, log
+
+
+def _write(cli, tmp_path, *extra, grid=GRID):
+    (tmp_path / "grid.yaml").write_text(textwrap.dedent(grid))
+    (tmp_path / "medpeft.sif").write_bytes(b"")
+    res = cli("sweep", "slurm", "grid.yaml", "--image", "medpeft.sif", "--partition", "gpu", "--gpus-per-task", "1",
+              "--max-parallel", "2", "--time", "01:00:00", "--out", "slurm", *extra)  # fmt: skip
+    assert res.code == 0, res.stderr
+    return res, tmp_path / "slurm"
+
+
+def _mark_done(tmp_path, index):
+    """Pretend entry `index` finished (a run is done when runs/<key>/result.json exists)."""
+    manifest = json.loads((tmp_path / "slurm" / "manifest.json").read_text())
+    run = tmp_path / "runs" / manifest["entries"][index]["run_key"]
+    run.mkdir(parents=True)
+    (run / "result.json").write_text("{}")
+
+
+def test_array_script_settings_and_dependency_chain(cli, tmp_path, fakes, monkeypatch):
+    _write(cli, tmp_path)
+    _mark_done(tmp_path, 0)
+    res, out = _write(cli, tmp_path, "--report", "site", "--bind", "/data:/data")
+    assert "1 done, 2 to run" in res.stdout
+    for script in ("runs.sbatch", "report.sbatch", "submit.sh"):
+        assert subprocess.run(["bash", "-n", str(out / script)]).returncode == 0, script
+    assert not (out / "tune.sbatch").exists()
+    runs = (out / "runs.sbatch").read_text()
+    for line in (
+        "#SBATCH --array=1-2%2",  # only the missing runs, at most 2 at once
+        "#SBATCH --gpus-per-task=1",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=01:00:00",
+        f"#SBATCH --output={out.resolve() / 'logs' / 'runs-%A_%a.log'}",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:USR1@300",
+        f"#SBATCH --chdir={tmp_path}",
+        "export HF_HUB_OFFLINE=1 MEDPEFT_OFFLINE=1",
+        f'apptainer exec --nv --bind /data:/data {tmp_path / "medpeft.sif"} medpeft sweep run-one {out.resolve() / "manifest.json"} --index "$INDEX" &',
+        "trap stop_and_requeue USR1",
+    ):
+        assert line in runs, line
+    report = (out / "report.sbatch").read_text()
+    assert f"apptainer exec --bind /data:/data {tmp_path / 'medpeft.sif'} medpeft report --out {tmp_path / 'site'} --db {tmp_path / 'results' / 'medpeft.duckdb'}" in report
+
+    env, log = fakes
+    monkeypatch.setenv("PATH", env["PATH"])
+    monkeypatch.setenv("FAKE_LOG", env["FAKE_LOG"])
+    submitted = cli("sweep", "slurm", "grid.yaml", "--image", "medpeft.sif", "--out", "slurm", "--report", "site", "--submit")
+    assert submitted.code == 0, submitted.stderr
+    assert "medpeft: submitted runs 1000, report 1001" in submitted.stdout
+    assert log.read_text().splitlines() == ["sbatch --parsable runs.sbatch", "sbatch --parsable --dependency=afterany:1000 report.sbatch"]
+
+
+def test_tuning_array_runs_first(cli, tmp_path, fakes):
+    grid = GRID.replace("grid:", "tune: {trials: 3}\ngrid:\n  lr: tuned")
+    res, out = _write(cli, tmp_path, "--tune-workers", "2", grid=grid)
+    assert "3 waiting for a tuned lr (3 studies)" in res.stdout
+    tune = (out / "tune.sbatch").read_text()
+    assert subprocess.run(["bash", "-n", str(out / "tune.sbatch")]).returncode == 0
+    assert "#SBATCH --array=0-5%2" in tune  # 3 studies x 2 workers
+    assert 'medpeft tune ' in tune and '--group "$((INDEX / 2))" --worker "$((INDEX % 2))"' in tune
+    env, log = fakes
+    done = subprocess.run(["bash", str(out / "submit.sh")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines() == ["sbatch --parsable tune.sbatch", "sbatch --parsable --dependency=afterok:1000 runs.sbatch"]
+
+
+def test_time_limit_signal_stops_the_task_and_requeues_it(cli, tmp_path, fakes):
+    _, out = _write(cli, tmp_path)
+    env, log = fakes
+    # this task's "medpeft" is a sleep that records its pid
+    sleeper = "medpeft.sif bash -c 'echo child=$$ >> $FAKE_LOG; exec sleep 60'"
+    script = re.sub(r'\S*medpeft\.sif medpeft sweep run-one \S+ --index "\$INDEX"', sleeper, (out / "runs.sbatch").read_text())
+    assert sleeper + " &" in script
+    (out / "slow.sbatch").write_text(script)
+    task = subprocess.Popen(["bash", str(out / "slow.sbatch")], env={**env, "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_JOB_ID": "77"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while "child=" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(log.read_text().split("child=")[1].split()[0])
+    task.send_signal(signal.SIGUSR1)  # what Slurm sends --signal-lead seconds before the limit
+    stdout, stderr = task.communicate(timeout=30)
+    assert task.returncode == 0, stderr
+    assert "time limit near: stopping run task 2 and requeueing it" in stderr
+    assert "scontrol requeue 77_2" in log.read_text().splitlines()
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # the run was stopped, not left behind
+
+
+@pytest.mark.slow
+def test_per_task_commands_run_locally(cli, tmp_path, fakes):
+    _, out = _write(cli, tmp_path)
+    env, log = fakes
+    # two array tasks at once, as Slurm would start them
+    tasks = [
+        subprocess.Popen(["bash", str(out / "runs.sbatch")], cwd=tmp_path, env={**env, "SLURM_ARRAY_TASK_ID": str(i), "SLURM_ARRAY_JOB_ID": "5"},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        for i in (0, 2)
+    ]
+    outputs = [t.communicate(timeout=600)[0] for t in tasks]
+    assert [t.returncode for t in tasks] == [0, 0], outputs
+    assert "run #0 " in outputs[0] and "finished: test macro-F1" in outputs[0]
+    assert "run #2 " in outputs[1] and "(lora / test_vit / synthetic-lesions" in outputs[1]
+    assert log.read_text().count(f"image={tmp_path / 'medpeft.sif'}") == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    import duckdb
+
+    con = duckdb.connect(str(tmp_path / "results" / "medpeft.duckdb"), read_only=True)
+    keys = {r[0] for r in con.execute("SELECT run_key FROM runs").fetchall()}
+    con.close()
+    assert keys == {manifest["entries"][0]["run_key"], manifest["entries"][2]["run_key"]}
+
+    res = cli("sweep", "plan", str(out / "manifest.json"))
+    assert "2 done, 1 to run" in res.stdout
+
+
+def test_array_indices_are_compressed_to_slurm_ranges():
+    from medpeft_cli.sweep.slurm import compress
+
+    assert compress([8, 0, 1, 2, 5, 7]) == "0-2,5,7-8"
+    assert compress([3]) == "3"
