@@ -367,7 +367,7 @@ def export(
     result = export_merged(run_dir, out_path)
     out.print(f"merged {result['method']} into {result['backbone']}: {result['path']}")
     out.print(f"max |merged - adapted| / max |adapted| logits on {result['checked_images']} random images: {result['max_rel_diff']:.2e}")
-    out.print(f"plain timm weights: timm.create_model({result['backbone']!r}, num_classes={result['num_classes']}) (ViTs: img_size={result['image_size']}), then load_state_dict(safetensors.torch.load_file(path))")
+    out.print(f"load with: timm.create_model({result['backbone']!r}, {result['create_kwargs']}).load_state_dict(safetensors.torch.load_file({result['path']!r}))")
 
 
 datasets_app = typer.Typer(help="Datasets in the registry (datasets.yaml).", invoke_without_command=True)

@@ -79,7 +79,9 @@ def export_merged(run_dir: Path, out_path: Path | None = None) -> dict[str, Any]
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=metadata)
     tmp.replace(path)
+    # ViTs are built for their input size (position embeddings); CNNs take any size.
+    create_kwargs = f"num_classes={row['num_classes']}" + (f", img_size={spec.image_size}" if backbone.family in ("vit", "hvit") else "")
     return {
-        "path": str(path), "method": info.name, "backbone": spec.backbone, "num_classes": row["num_classes"],
-        "image_size": spec.image_size, "max_rel_diff": diff, "checked_images": CHECK_IMAGES,
+        "path": str(path), "method": info.name, "backbone": spec.backbone, "create_kwargs": create_kwargs,
+        "max_rel_diff": diff, "checked_images": CHECK_IMAGES,
     }  # fmt: skip

@@ -110,3 +110,38 @@ def test_boft_refuses_to_silently_drop_its_butterfly_factors():
     # peft's pure-PyTorch path (no CUDA extension) would train with one factor whatever was asked for
     with pytest.raises(UserError, match="BOFT needs its CUDA extension .* butterfly_factor=2 .*would silently use 1"):
         adapted("boft", "test_vit", butterfly_factor=2)
+
+
+def test_peft_runs_keep_batchnorm_statistics_of_the_backbone(tmp_path):
+    # A ViT with a convolutional (BatchNorm) stem, like the ViT-ResNet hybrids: peft saves only adapter
+    # weights, so the statistics training changed are saved beside them.
+    import timm
+    from timm.layers import HybridEmbed
+    from timm.models.vision_transformer import VisionTransformer
+
+    from medpeft_cli.methods import validate_options
+    from medpeft_cli.models.backbones import Backbone, _head_name, detect_family
+
+    def hybrid():
+        torch.manual_seed(0)
+        r = timm.create_model("test_resnet")
+        stem = torch.nn.Sequential(r.conv1, r.bn1, r.act1, r.maxpool, r.layer1, r.layer2)
+        stem.num_features = 48
+        vit = VisionTransformer(img_size=32, patch_size=1, embed_dim=64, depth=1, num_heads=2, num_classes=3,
+                                embed_layer=lambda **kw: HybridEmbed(stem, feature_size=(4, 4), feature_ratio=8, **kw))
+        return Backbone(vit.eval(), "hybrid", detect_family(vit), _head_name(vit), "random", 0, "")
+
+    info = get_method("lora")
+    model = info.apply(hybrid(), validate_options(info, {}))
+    perturb_trainable(model)
+    model.train()
+    model(images(8))  # moves the stem's BatchNorm running statistics
+    model.eval()
+    x = images()
+    with torch.no_grad():
+        expected = model(x)
+    save_weights(model, tmp_path, peft_owned=True)
+    assert (tmp_path / "adapter" / "medpeft_norm_stats.safetensors").is_file()
+    loaded = load_weights(hybrid().model, tmp_path, peft_owned=True).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)

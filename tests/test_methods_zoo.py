@@ -227,3 +227,10 @@ def test_every_method_of_the_issue_is_registered_with_a_citation():
     assert all("cnn" in methods[m].families for m in cnn)
     assert all({"vit", "hvit"} <= methods[m].families for m in vit)
     assert methods["vera"].families <= {"vit", "hvit"}
+
+
+def test_conv_attention_hybrids_are_not_offered_transformer_methods():
+    import timm
+
+    for name in ("test_maxvit", "test_coatnet"):  # BatchNorm conv blocks + 1x1-conv attention
+        assert detect_family(timm.create_model(name, num_classes=NUM_CLASSES)) == "other"

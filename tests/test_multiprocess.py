@@ -42,9 +42,9 @@ def test_two_cpu_processes_match_one(cli, tmp_path):
     assert len(preds1) == len(preds2) == 600  # gathered, without the padding duplicates
     assert [p["index"] for p in preds1] == [p["index"] for p in preds2]
     for metric in ("test_macro_f1", "test_accuracy", "test_balanced_accuracy", "test_auroc", "val_macro_f1"):
-        assert row2[metric] == pytest.approx(row1[metric], abs=1e-3), metric
+        assert row2[metric] == pytest.approx(row1[metric], abs=2e-3), metric  # at most one of 600 predictions may flip
     diffs = [abs(float(a[k]) - float(b[k])) for a, b in zip(preds1, preds2) for k in a if k.startswith("prob_")]
-    assert max(diffs) < 1e-3  # float summation order differs across processes, nothing else
+    assert max(diffs) < 1e-4  # float summation order differs across processes, nothing else (measured: 1e-6)
 
 
 def test_cpu_launch_uses_gloo_processes_and_checks_gpus(monkeypatch):

@@ -155,27 +155,31 @@ def test_time_limit_signal_stops_the_task_and_requeues_it(cli, tmp_path, fakes):
 def test_per_task_commands_run_locally(cli, tmp_path, fakes):
     _, out = _write(cli, tmp_path)
     env, log = fakes
-    # two array tasks at once, as Slurm would start them
-    tasks = [
+    manifest = json.loads((out / "manifest.json").read_text())
+    # Task 0 is a requeued task whose run already finished (its row was never stored); task 2 trains.
+    done = manifest["entries"][0]
+    row = {"run_key": done["run_key"], "status": "ok", "method": "linear", "backbone": "test_vit", "dataset": "synthetic-lesions",
+           "lr": 0.001, "lr_source": "method-default", "test_macro_f1": 0.25}  # fmt: skip
+    (tmp_path / "runs" / done["run_key"]).mkdir(parents=True)
+    (tmp_path / "runs" / done["run_key"] / "result.json").write_text(json.dumps(row))
+    tasks = [  # two array tasks at once, as Slurm starts them
         subprocess.Popen(["bash", str(out / "runs.sbatch")], cwd=tmp_path, env={**env, "SLURM_ARRAY_TASK_ID": str(i), "SLURM_ARRAY_JOB_ID": "5"},
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
         for i in (0, 2)
     ]
     outputs = [t.communicate(timeout=600)[0] for t in tasks]
     assert [t.returncode for t in tasks] == [0, 0], outputs
-    assert "run #0 " in outputs[0] and "finished: test macro-F1" in outputs[0]
-    assert "run #2 " in outputs[1] and "(lora / test_vit / synthetic-lesions" in outputs[1]
+    assert f"run #0 {done['run_key']} already finished: test macro-F1 0.2500" in outputs[0]
+    assert "run #2 " in outputs[1] and "finished: test macro-F1" in outputs[1] and "(lora / test_vit / synthetic-lesions" in outputs[1]
+    assert "task 2 ended with exit code 0" in outputs[1]
     assert log.read_text().count(f"image={tmp_path / 'medpeft.sif'}") == 2
-    manifest = json.loads((out / "manifest.json").read_text())
     import duckdb
 
     con = duckdb.connect(str(tmp_path / "results" / "medpeft.duckdb"), read_only=True)
     keys = {r[0] for r in con.execute("SELECT run_key FROM runs").fetchall()}
     con.close()
-    assert keys == {manifest["entries"][0]["run_key"], manifest["entries"][2]["run_key"]}
-
-    res = cli("sweep", "plan", str(out / "manifest.json"))
-    assert "2 done, 1 to run" in res.stdout
+    assert keys == {done["run_key"], manifest["entries"][2]["run_key"]}
+    assert "2 done, 1 to run" in cli("sweep", "plan", str(out / "manifest.json")).stdout
 
 
 def test_array_indices_are_compressed_to_slurm_ranges():

@@ -9,6 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from medpeft_cli.errors import UserError
 from medpeft_cli.methods.common import freeze, norm_layers, train_head, transformer_blocks
 from medpeft_cli.methods.registry import register_method
 
@@ -34,7 +35,10 @@ class Bottleneck(nn.Module):
 
 def _width(module: nn.Module) -> int:
     """Input width of a transformer block's attention/MLP (the first Linear's input features)."""
-    return next(m for m in module.modules() if isinstance(m, nn.Linear)).in_features
+    linear = next((m for m in module.modules() if isinstance(m, nn.Linear)), None)
+    if linear is None:
+        raise UserError(f"bottleneck adapters need Linear layers in each block's attention and MLP; {type(module).__name__} has none (a convolutional block)")
+    return linear.in_features
 
 
 def _parallel(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ FAMILY_DESCRIPTIONS = {
     "vit": "plain ViT over one token sequence (ViT, DeiT, EVA, CLIP-style, BEiT)",
     "hvit": "hierarchical/windowed vision transformer (Swin, ...)",
     "cnn": "convolutional network (ResNet, ConvNeXt, EfficientNet, ...)",
-    "other": "anything else (e.g. MLP-Mixer)",
+    "other": "anything else (MLP-Mixer, conv-attention hybrids such as MaxViT and CoAtNet)",
 }
 # Methods are registered per task: the classification families above, and the Stable Diffusion
 # U-Net of the text-to-image track (medpeft_cli/t2i/), whose only family is "unet".

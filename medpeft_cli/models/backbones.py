@@ -32,13 +32,17 @@ class Backbone:
 
 def detect_family(model: nn.Module) -> str:
     """'vit' for a plain ViT (attention blocks over one token sequence: ViT, DeiT, EVA, CLIP), 'hvit' for
-    other attention models (hierarchical/windowed: Swin, ...), 'cnn' if built from convolutions, else 'other'.
+    hierarchical/windowed transformers (Swin, ...), 'cnn' if built from convolutions, else 'other'
+    (including conv-attention hybrids such as MaxViT and CoAtNet).
     """
     names = {type(m).__name__.lower() for m in model.modules()}
     if any("attention" in n or n == "attn" for n in names):
         # Token-sequence methods (VPT, FacT) need one `blocks` sequence after a patch embedding.
-        plain = isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)) and hasattr(model, "patch_embed")
-        return "vit" if plain else "hvit"
+        if isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)) and hasattr(model, "patch_embed"):
+            return "vit"
+        # Conv-attention hybrids mix BatchNorm conv blocks with attention; transformer methods do not fit them.
+        hybrid = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        return "other" if hybrid else "hvit"
     convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     return "cnn" if convs > 1 else "other"
 

@@ -47,6 +47,16 @@ def run_one(manifest_path: Path, index: int, force: bool = False, progress=None,
 
     manifest = read_manifest(manifest_path)
     ready = Resolver(manifest).require(_entry(manifest, index))
+    if ready.done and not force:
+        # What train() does for a finished key, without loading torch first: a requeued or repeated
+        # array task of a finished run ends in a second instead of importing the whole stack.
+        from medpeft_cli.store import append, read_result
+        from medpeft_cli.train.runner import RunOutcome
+
+        run_dir = Path(ready.spec.output.runs_dir) / ready.run_key
+        row = read_result(run_dir)
+        append(ready.spec.output.db, row)  # restores the row if an earlier DB write gave up
+        return RunOutcome(ready.run_key, "skipped", run_dir, row)
     return train(ready.spec, force=force, progress=progress, lr_origin=ready.lr_origin, resume=resume)
 
 

@@ -1,14 +1,16 @@
 """Saving and loading what a method trained.
 
 peft-owned methods (LoRA, ...) are saved with peft's `save_pretrained` into `adapter/` and load with
-`PeftModel.from_pretrained`. Other methods save their trainable parameters plus the buffers training
-can change (BatchNorm statistics) to `trainable.safetensors`, loaded into a fresh backbone prepared by
-the same method.
+`PeftModel.from_pretrained` (after `prepare_for_adapter`, which redoes a q/k/v split recorded beside the
+adapter; BatchNorm statistics of the backbone, which peft does not save, are stored there too).
+Other methods save their trainable parameters plus the buffers training can change (BatchNorm
+statistics) to `trainable.safetensors`, loaded into a fresh backbone prepared by the same method.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -19,8 +21,10 @@ from medpeft_cli.errors import UserError
 
 ADAPTER_DIR = "adapter"
 TRAINABLE_FILE = "trainable.safetensors"
-# Beside peft's files: how the backbone was prepared before peft wrapped it (a fused qkv split into q, k, v).
+# Beside peft's files: how the backbone was prepared before peft wrapped it (a fused qkv split into q, k, v),
+# and the BatchNorm statistics training changed (peft saves only adapter weights and modules_to_save).
 STRUCTURE_FILE = "medpeft_structure.json"
+NORM_STATS_FILE = "medpeft_norm_stats.safetensors"
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -38,10 +42,19 @@ def save_weights(model: nn.Module, out_dir: Path, peft_owned: bool) -> str:
         model.save_pretrained(str(out_dir / ADAPTER_DIR))
         structure = {"split_qkv": has_split_qkv(model)}
         (out_dir / ADAPTER_DIR / STRUCTURE_FILE).write_text(json.dumps(structure) + "\n", encoding="utf-8")
+        stats = _norm_stats(model.get_base_model())
+        if stats:
+            save_file(stats, str(out_dir / ADAPTER_DIR / NORM_STATS_FILE), metadata={"format": "medpeft-norm-stats-v1"})
         return ADAPTER_DIR
     state = {k: v.detach().cpu().contiguous() for k, v in trainable_state(model).items()}
     save_file(state, str(out_dir / TRAINABLE_FILE), metadata={"format": "medpeft-trainable-v1"})
     return TRAINABLE_FILE
+
+
+def _norm_stats(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Running statistics of the BatchNorm layers (they change in training even when the layer is frozen)."""
+    names = {f"{name}." for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if any(k.startswith(n) for n in names) and k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
 
 
 def prepare_for_adapter(model: nn.Module, adapter: Path) -> None:
@@ -65,7 +78,17 @@ def load_weights(model: nn.Module, run_dir: Path, peft_owned: bool) -> nn.Module
         if not (adapter / "adapter_config.json").is_file():
             raise UserError(f"{run_dir} has no peft adapter ({adapter}/adapter_config.json missing); the run directory is incomplete")
         prepare_for_adapter(model, adapter)
-        return PeftModel.from_pretrained(model, str(adapter))
+        with warnings.catch_warnings():
+            # peft's LN tuning asks norm layers for in/out features they do not have; harmless.
+            warnings.filterwarnings("ignore", message="Unsupported layer type", category=UserWarning)
+            loaded = PeftModel.from_pretrained(model, str(adapter))
+        if (adapter / NORM_STATS_FILE).is_file():
+            stats = load_file(str(adapter / NORM_STATS_FILE))
+            base = loaded.get_base_model()
+            if set(stats) != set(_norm_stats(base)):
+                raise UserError(f"{adapter / NORM_STATS_FILE} does not match the backbone of this run; the run directory is damaged")
+            base.load_state_dict(stats, strict=False)
+        return loaded
     path = run_dir / TRAINABLE_FILE
     if not path.is_file():
         raise UserError(f"{run_dir} has no {TRAINABLE_FILE}; the run directory is incomplete")
