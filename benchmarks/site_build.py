@@ -1,14 +1,14 @@
 """Build time of the leaderboard site for a large store, and how responsive its pages stay in a browser.
 
     .venv/bin/python benchmarks/site_build.py                  # 10,000 synthetic rows
-    .venv/bin/python benchmarks/site_build.py --rows 2000 --workers 1 --browser
+    .venv/bin/python benchmarks/site_build.py --rows 2000 --browser
 
-Then, as `medpeft train` does after each run, the site is rebuilt with one more row (unchanged run
-pages are carried over from the previous build). Rows come from `medpeft_cli.report.synthetic` (7 backbones x 6 datasets x up to 11 methods x 8
+Then, as `medpeft train` does after each run, the site is rebuilt with one more row. Rows come from `medpeft_cli.report.synthetic` (7 backbones x 6 datasets x up to 11 methods x 8
 fractions x 4 seeds, cut at --rows; 1 % diverged). Import time is reported apart from the build: it
 is paid once per process. With --browser (needs /usr/bin/chromium and playwright) the overview and
 the largest dataset page are opened from file:// and the time of a filter change, a metric switch
-and a column sort is measured in the page (performance.now() around the event, forced layout).
+and a column sort is measured in the page (performance.now() around the event, forced layout); and
+one run page is opened and drawn from the largest run shard.
 Report the machine and its load (`uptime`) with the numbers: on a shared 2-core machine they swing.
 """
 
@@ -76,6 +76,14 @@ def browser_timings(site: Path) -> dict[str, float]:
             if name == "overview":
                 out["overview: switch metric (ms)"] = page.evaluate(MEASURE, ["select[data-filter=metric]", "accuracy"])
                 out["overview: switch fraction (ms)"] = page.evaluate(MEASURE, ["select[data-filter=fraction]", "0.1"])
+        # a run page: the largest shard, drawn by static/run.js from the record of its first run
+        shard_page = max((site / "runs").glob("*.html"), key=lambda p: p.stat().st_size)
+        key = shard_page.read_text(encoding="utf-8").split('class="run-record" id="', 1)[1].split('"', 1)[0]
+        start = time.perf_counter()
+        page.goto(shard_page.as_uri() + "#" + key, wait_until="load")
+        page.wait_for_selector("#run-view h1")
+        out["run page: open and draw (ms)"] = (time.perf_counter() - start) * 1000
+        out["run page: shard size (MB)"] = shard_page.stat().st_size / 1e6
         browser.close()
         if errors:
             raise SystemExit(f"page errors: {errors}")
@@ -85,7 +93,6 @@ def browser_timings(site: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000)
-    parser.add_argument("--workers", type=int, default=None, help="processes for the run pages (default: one per CPU)")
     parser.add_argument("--out", type=Path, default=None, help="keep the site here (default: a temporary folder)")
     parser.add_argument("--browser", action="store_true", help="also measure the pages in headless Chromium")
     args = parser.parse_args()
@@ -106,27 +113,24 @@ def main() -> None:
         shutil.rmtree(args.out)  # a fresh folder: replacing an old site would add its deletion to the time
     timings: dict[str, float] = {}
     cpu = cpu_seconds()
-    render.render_site(rows, out, title="medpeft benchmark", methods=method_catalog(), workers=args.workers, timings=timings)
+    render.render_site(rows, out, title="medpeft benchmark", methods=method_catalog(), timings=timings)
     cpu_build = cpu_seconds() - cpu
     # what `medpeft train` does after each run: rebuild the site with one more row
     extra = dict(rows[0], run_key="bench-extra-run", seed=99)
     again: dict[str, float] = {}
     cpu = cpu_seconds()
-    render.render_site([*rows, extra], out, title="medpeft benchmark", methods=method_catalog(), workers=args.workers, timings=again)
+    render.render_site([*rows, extra], out, title="medpeft benchmark", methods=method_catalog(), timings=again)
     cpu_rebuild = cpu_seconds() - cpu
     files = sum(1 for _ in out.rglob("*") if _.is_file())
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     report = {
         "rows": len(rows),
-        "workers": render.worker_count(len(rows), args.workers),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "load average (1 min)": os.getloadavg()[0],
         "imports (s)": round(imports, 2),
-        **{f"{k} (s)": round(v, 2) for k, v in timings.items() if k != "run pages reused"},
+        **{f"{k} (s)": round(v, 2) for k, v in timings.items()},
         "build CPU time, all processes (s)": round(cpu_build, 2),
         "rebuild with one more run (s)": round(again["total"], 2),
-        "rebuild: run pages reused": again["run pages reused"],
-        "rebuild: run pages (s)": round(again["run pages"], 2),
         "rebuild CPU time (s)": round(cpu_rebuild, 2),
         "files": files,
         "site size (MB)": round(size / 1e6, 1),

@@ -1,13 +1,13 @@
 """End to end through the `medpeft` command: train -> DuckDB row -> eval -> report, and bad input."""
 
 import json
-import shutil
 
 import duckdb
 import pytest
 import torch
-
 from conftest import TINY
+
+from medpeft_cli.report.runpage import run_href, shard
 
 
 def rows(db="results/medpeft.duckdb"):
@@ -56,8 +56,8 @@ def test_train_store_eval_report(cli, tmp_path):
     site = cli("report", "--out", "site2")
     assert site.code == 0, site.stderr
     index = (tmp_path / "site2" / "index.html").read_text()
-    assert "synthetic-lesions" in index and "lora" in index and f"runs/{key}.html" in index
-    assert key in (tmp_path / "site2" / "runs" / f"{key}.html").read_text()
+    assert "synthetic-lesions" in index and "lora" in index and run_href(key) in index
+    assert f'id="{key}"' in (tmp_path / "site2" / "runs" / f"{shard(key)}.html").read_text()
 
 
 def test_rerun_is_skipped_and_force_replaces(cli):

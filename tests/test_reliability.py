@@ -17,6 +17,8 @@ import duckdb
 import pytest
 import torch
 
+from medpeft_cli.report.runpage import shard
+
 # 120 training images (8 steps of 16 per epoch), 3 epochs: small enough for a 2-core CPU.
 ARGS = ["--backbone", "test_vit", "--image-size", "32", "--epochs", "3", "--data-fraction", "0.05", "--batch-size", "16", "--method", "lora"]
 FLAGS = {"backbone": "test_vit", "image_size": 32, "train.epochs": 3, "data_fraction": 0.05, "train.batch_size": 16, "method": "lora"}
@@ -205,7 +207,7 @@ def test_nan_loss_is_stored_as_diverged_with_no_metrics_and_shown_so_on_the_site
     run_dir = tmp_path / "runs" / row["run_key"]
     assert (run_dir / "result.json").is_file() and not (run_dir / "predictions_test.csv").exists()
     assert not (tmp_path / "runs" / ".partial").exists() and not (tmp_path / "runs" / ".failed").exists()
-    assert "diverged" in (tmp_path / "site" / "runs" / f"{row['run_key']}.html").read_text()
+    assert '"status": "diverged"' in (tmp_path / "site" / "runs" / f"{shard(row['run_key'])}.html").read_text()
     assert "diverged" in (tmp_path / "site" / "index.html").read_text()
     # The runner API keeps raising a FloatingPointError (learning-rate search prunes such trials), after storing.
     from medpeft_cli.config import build_spec

@@ -7,6 +7,7 @@ tests/browser/.
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 import subprocess
@@ -21,7 +22,8 @@ from medpeft_cli.errors import UserError
 from medpeft_cli.report import build_site, build_site_from_db
 from medpeft_cli.report.formatting import estimate, fmt, params, percent
 from medpeft_cli.report.keys import page_name, slug
-from medpeft_cli.report.render import make_env, render_site
+from medpeft_cli.report.render import make_env
+from medpeft_cli.report.runpage import run_href, shard
 from medpeft_cli.report.sitedir import MARKER
 from medpeft_cli.report.stats import Stat
 from medpeft_cli.report.synthetic import method_catalog, synthetic_rows
@@ -135,6 +137,18 @@ def build(rows, out, **kw) -> Path:
     return build_site(rows, out, **kw)
 
 
+def record(site: Path, key: str) -> dict:
+    """Run `key`'s stored record from its shard page (what static/run.js draws as the run page)."""
+    page = text(site / "runs" / f"{shard(key)}.html")
+    found = re.search(rf'<section class="run-record" id="{re.escape(key)}"[^>]*>.*?<pre class="record">(.*?)</pre>', page, re.S)
+    assert found, key
+    return json.loads(html.unescape(found.group(1)))
+
+
+def recorded_keys(site: Path) -> list[str]:
+    return sorted(k for p in (site / "runs").glob("*.html") for k in re.findall(r'<section class="run-record" id="([^"]+)"', text(p)))
+
+
 # --- formats --------------------------------------------------------------------------------------
 
 
@@ -178,7 +192,7 @@ def test_overview_table_is_methods_by_datasets_with_ci(rows, tmp_path):
         assert expected in page
     # 0.5/0.6/0.7 -> mean 0.600, 95 % CI half-width t(0.975, 2) * 0.1 / sqrt(3) = 0.248; n shown
     assert '0.600<span class="ci"> ± 0.248</span><span class="n">3</span>' in page
-    assert '<a href="runs/c-s0.html">0.800</a><span class="n">1</span>' in page  # one seed: no interval; links to its run
+    assert f'<a href="{run_href("c-s0")}">0.800</a><span class="n">1</span>' in page  # one seed: no interval; links to its run
     assert "95 % confidence interval" in page and "ties get the average of the ranks they span" in page
     assert "Wilcoxon signed-rank" in page and "Holm" in page
     assert "6 runs: 5 finished, 1 diverged" in page
@@ -208,7 +222,7 @@ def test_dataset_page_has_plots_tables_and_all_runs(rows, tmp_path):
     assert "the study's Fig. 1" in page and "the study's Fig. 3" in page and "Pareto front" in page
     assert "Per-class F1" in page and "benign-class" in page and "malignant-class" in page
     for key in ("a-s0", "a-s1", "a-s2", "c-s0", "a-v2-s0", "a-s3-div"):
-        assert f'href="../runs/{key}.html"' in page
+        assert f'href="../{run_href(key)}"' in page
     assert 'data-f-status="diverged"' in page and 'data-f-protocol="2"' in page
     assert 'href="../static/style.css"' in page
 
@@ -237,41 +251,25 @@ def test_significance_page_names_its_tests(tmp_path):
     assert "Wilcoxon signed-rank" in page and "p (Holm)" in page and ">worse<" in page  # B vs full on 12 pairs
 
 
-def test_run_page_shows_spec_metrics_curves_and_provenance(rows, tmp_path):
+def test_run_records_hold_spec_metrics_history_and_provenance(rows, tmp_path):
     build(rows, tmp_path / "site")
-    page = text(tmp_path / "site" / "runs" / "a-s1.html")
-    for expected in (
-        "a-s1",
-        "spec-marker-42",  # the pretty-printed spec
-        "&#34;rank&#34;: 8",
-        "benign-class",
-        "malignant-class",
-        "0.650",  # per-class F1
-        "train_loss",
-        "0.7123",  # history
-        "Training curves",
-        "28,710 (28.7K)",
-        "5,700,000",
-        "deadbeefcafe",
-        "9.9.9-torchver",
-        "Test GPU 80GB",
-        "ghcr.io/example/medpeft:testtag",
-        "sha256:feedface",
-        "sha256:0badc0de",
-        "hf-hub:timm/vit_tiny",
-        "medmnist:dermamnist",
-        "2025-01-01T00:01:00Z",
-        "3.11.7",
-        "1.15.0",
-        'href="../static/style.css"',
-        'href="../index.html"',
-        'href="../datasets/dermaset.html"',
-    ):
-        assert expected in page, expected
-    assert page.count("<svg") == 2  # loss and validation curves
-    assert "was not available when this site was built" in page  # no runs_dir given
-    diverged = text(tmp_path / "site" / "runs" / "a-s3-div.html")
-    assert "not included in any mean" in diverged
+    site = tmp_path / "site"
+    assert recorded_keys(site) == sorted(r["run_key"] for r in rows)
+    rec = record(site, "a-s1")
+    assert json.loads(rec["spec_json"]) == {"method": {"name": "method-A", "rank": 8}, "marker": "spec-marker-42"}
+    assert json.loads(rec["class_names_json"]) == ["benign-class", "malignant-class"] and json.loads(rec["per_class_f1_json"]) == [0.55, 0.65]
+    assert json.loads(rec["metrics_json"])["history"][1] == {"epoch": 2, "train_loss": 0.7123, "val_macro_f1": 0.61}
+    row = make_row("a-s1", "method-A", 0.6, seed=1)
+    for column in ("trainable_params", "total_params", "git_commit", "torch_version", "device", "container_image", "dataset_checksum",
+                   "backbone_checksum", "weights_source", "dataset_source", "finished_at", "python_version", "accelerate_version"):  # fmt: skip
+        assert rec[column] == row[column], column
+    assert rec["files"] is None  # no runs_dir given
+    diverged = record(site, "a-s3-div")
+    assert diverged["status"] == "diverged" and diverged["test_macro_f1"] is None  # strict JSON: NaN is null, as in results.json
+    page = text(site / "runs" / f"{shard('a-s1')}.html")
+    assert 'href="../static/style.css"' in page and 'href="../index.html"' in page and '<script src="../static/run.js" defer>' in page
+    assert "method-A · 100 % of the training data · seed 1" in page  # each record's summary line, readable without JavaScript
+    assert "2026-01-02" not in page  # no build time: an unchanged shard is the same file in every build
 
 
 def test_run_directory_gives_confusion_matrix_samples_and_files(tmp_path):
@@ -288,23 +286,22 @@ def test_run_directory_gives_confusion_matrix_samples_and_files(tmp_path):
     (run / "samples" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (run / "notes&<x>.txt").write_text("odd name")
     build([make_row("r1"), make_row("r2", seed=1)], tmp_path / "site", runs_dir=runs_dir)
-    page = text(tmp_path / "site" / "runs" / "r1.html")
-    assert "Confusion matrix (test, 7 images)" in page
-    cells = re.findall(r'<td class="num shade(\d+)( diag)?" title="[^"]*">(\d+)</td>', page)
-    assert [(int(s), bool(d), int(c)) for s, d, c in cells] == [(6, True, 2), (3, False, 1), (2, False, 1), (7, True, 3)]
-    assert 'href="r1/metrics.json"' in page and 'src="r1/samples/0.png"' in page
-    assert "adapter_model.safetensors" in page and 'href="r1/adapter_model.safetensors"' not in page  # weights listed only
-    assert "notes&amp;&lt;x&gt;.txt" in page and "r1/notes&" not in page  # odd names are listed, never linked
+    files = record(tmp_path / "site", "r1")["files"]
+    assert files["confusion"] == {"names": ["benign-class", "malignant-class"], "counts": [[2, 1], [1, 3]]}
+    listed = {f["path"]: f["published"] for f in files["files"]}
+    assert listed == {"adapter_model.safetensors": False, "metrics.json": True, "notes&<x>.txt": False, "predictions_test.csv": True, "samples/0.png": True}
+    assert files["samples"] == [{"path": "samples/0.png", "caption": "0.png"}]
     published = sorted(p.relative_to(tmp_path / "site" / "runs" / "r1").as_posix() for p in (tmp_path / "site" / "runs" / "r1").rglob("*") if p.is_file())
-    assert published == ["metrics.json", "predictions_test.csv", "samples/0.png"]
-    assert "was not available" in text(tmp_path / "site" / "runs" / "r2.html")
+    assert published == ["metrics.json", "predictions_test.csv", "samples/0.png"]  # weights and odd names are never copied
+    assert record(tmp_path / "site", "r2")["files"] is None
 
 
 def test_unreadable_predictions_leave_a_note(tmp_path):
     (tmp_path / "runs" / "r1").mkdir(parents=True)
     (tmp_path / "runs" / "r1" / "predictions_test.csv").write_text("index,label\n0,zero\n")
     build([make_row("r1")], tmp_path / "site", runs_dir=tmp_path / "runs")
-    assert "Not available: predictions_test.csv could not be read" in text(tmp_path / "site" / "runs" / "r1.html")
+    files = record(tmp_path / "site", "r1")["files"]
+    assert files["confusion"] is None and files["note"].startswith("predictions_test.csv could not be read")
 
 
 def test_generation_runs_rank_by_fid_and_show_their_samples(tmp_path):
@@ -325,9 +322,10 @@ def test_generation_runs_rank_by_fid_and_show_their_samples(tmp_path):
     shown = shown[: shown.index("</tbody>")]
     assert shown.index(">norm<") < shown.index(">full<")  # lower FID ranks first
     assert '<td class="num best" data-filtered data-f-dataset="captions-x" data-v="31"' in shown
-    run = text(tmp_path / "site" / "runs" / "g-norm-0.html")
-    assert "Test FID</th><td>30.00" in run and "Test KID</th><td>0.0300" in run and "Test Macro-F1" not in run
-    assert 'src="g-norm-0/samples/00.png" alt="a chest x-ray, &lt;b&gt;left&lt;/b&gt;"' in run
+    rec = record(tmp_path / "site", "g-norm-0")
+    assert rec["test_fid"] == 30.0 and rec["test_macro_f1"] is None
+    assert rec["files"]["samples"] == [{"path": "samples/00.png", "caption": "a chest x-ray, <b>left</b>"}]
+    assert "<b>left</b>" not in text(tmp_path / "site" / "runs" / f"{shard('g-norm-0')}.html")  # escaped in the page
 
 
 def test_downloads_hold_every_row_with_its_protocol_version(rows, tmp_path):
@@ -356,7 +354,7 @@ def test_base_url_adds_canonical_links_and_a_sitemap_but_links_stay_relative(row
     assert '<link rel="canonical" href="https://example.org/board/index.html">' in index
     assert 'href="datasets/dermaset.html"' in index
     sitemap = text(tmp_path / "site" / "sitemap.xml")
-    assert "<loc>https://example.org/board/runs/a-s1.html</loc>" in sitemap
+    assert f"<loc>https://example.org/board/runs/{shard('a-s1')}.html</loc>" in sitemap
     assert "<loc>https://example.org/board/datasets/dermaset.html</loc>" in sitemap
     with pytest.raises(UserError, match="not an http"):
         build(rows, tmp_path / "other", base_url="javascript:alert(1)")
@@ -388,7 +386,8 @@ def test_user_strings_are_escaped_everywhere(tmp_path):
         content = text(page).lower()
         assert "<script>" not in content and "<img src=x" not in content and "javascript:" not in content, page
         root = "../" * (len(page.relative_to(tmp_path / "site").parts) - 1)
-        assert re.findall(r"<script[^>]*>", content) == [f'<script src="{root}static/site.js" defer>']  # ours only
+        ours = [f'<script src="{root}static/site.js" defer>'] + ([f'<script src="{root}static/run.js" defer>'] if page.parent.name == "runs" else [])
+        assert re.findall(r"<script[^>]*>", content) == ours  # ours only
     index = text(tmp_path / "site" / "index.html")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index
     assert "&lt;img src=x onerror=alert(1)&gt;" in index
@@ -408,10 +407,11 @@ def test_unsafe_run_keys_write_nothing_outside(bad_key, tmp_path):
     assert page_name(bad_key) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["site"]
-    assert sorted(p.name for p in (out / "runs").iterdir()) == ["good-1.html"]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [f"{shard('good-1')}.html"]
+    assert recorded_keys(out) == ["good-1"]
     assert not list(tmp_path.rglob("evil*"))
     page = text(out / "datasets" / "dermaset.html")
-    assert re.findall(r'href="\.\./(runs/[^"]+)"', page) == ["runs/good-1.html"]
+    assert re.findall(r'href="\.\./(runs/[^"]+)"', page) == [run_href("good-1")]
     assert '0.600<span class="ci"> ± 0.000</span><span class="n">2</span>' in text(out / "index.html")  # still in the mean
 
 
@@ -420,8 +420,9 @@ def test_missing_and_nan_values_do_not_break_the_site(tmp_path):
     bare.update(run_key="bare-1", status="ok")
     junk = make_row("junk-1", metrics_json="{not json", spec_json="[1,", class_names_json="7", test_auroc=float("nan"), seed="abc")
     build([bare, junk, {"run_key": "only-a-key"}, {"run_key": "lost", "status": "diverged"}], tmp_path / "site")
-    assert (tmp_path / "site" / "runs" / "bare-1.html").is_file() and (tmp_path / "site" / "runs" / "only-a-key.html").is_file()
-    assert "{not json" in text(tmp_path / "site" / "runs" / "junk-1.html")
+    assert recorded_keys(tmp_path / "site") == ["bare-1", "junk-1", "lost", "only-a-key"]
+    junk_record = record(tmp_path / "site", "junk-1")
+    assert junk_record["metrics_json"] == "{not json" and junk_record["spec_json"] == "[1," and junk_record["test_auroc"] is None
     assert sql(f"SELECT count(*) FROM '{tmp_path / 'site' / 'results.parquet'}'") == [(4,)]
 
 
@@ -441,7 +442,7 @@ def test_synthetic_demo_site_builds(tmp_path):
     assert all(set(r) == set(COLUMNS) for r in rows)
     build(rows, tmp_path / "site", methods=method_catalog())
     site = tmp_path / "site"
-    assert len(list((site / "runs").glob("*.html"))) == len(rows)
+    assert recorded_keys(site) == sorted(r["run_key"] for r in rows)
     assert {p.name for p in (site / "datasets").iterdir()} == {"demo-derm.html", "demo-xray.html", "demo-ct.html"}
     sig = text(site / "significance.html")
     assert sig.count('class="chart cd"') == 2  # one per fraction
@@ -454,7 +455,7 @@ def test_rebuild_replaces_the_old_site(rows, tmp_path):
     out = tmp_path / "site"
     build(rows, out)
     build(rows[:1], out)
-    assert sorted(p.name for p in (out / "runs").iterdir()) == ["a-s0.html"]
+    assert recorded_keys(out) == ["a-s0"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no temporary folders left
 
 
@@ -476,20 +477,11 @@ def test_failed_build_keeps_the_previous_site(rows, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("medpeft_cli.report.export.write_csv", boom)
+    monkeypatch.setattr("medpeft_cli.report.export.write_tables", boom)
     with pytest.raises(RuntimeError):
         build(rows[:1], out)
     assert text(out / "index.html") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
-
-
-def test_run_pages_in_worker_processes_match_one_process(tmp_path):
-    rows = synthetic_rows(backbones=("resnet50",), datasets=("demo-xray",), fractions=(1.0, 0.5))
-    build(rows, tmp_path / "one", workers=1)
-    build(rows, tmp_path / "two", workers=2)
-    one = sorted((tmp_path / "one" / "runs").iterdir())
-    assert [p.name for p in one] == [p.name for p in sorted((tmp_path / "two" / "runs").iterdir())]
-    assert all(text(p) == text(tmp_path / "two" / "runs" / p.name) for p in one)
 
 
 # --- from the store, the CLI, and without torch -----------------------------------------------------
@@ -506,7 +498,7 @@ def test_build_site_from_db(rows, tmp_path):
     page = text(index)
     assert "From DB" in page and "0.600<span class=\"ci\"> ± 0.248" in page and "method-C" in page
     assert str(db) in page
-    assert (tmp_path / "site" / "runs" / "a-s2.html").is_file()
+    assert record(tmp_path / "site", "a-s2")["seed"] == 2
     data = json.loads(text(tmp_path / "site" / "results.json"))
     assert len(data) == len(rows)
     assert any(r["test_macro_f1"] is None for r in data)
@@ -549,30 +541,9 @@ def test_report_never_imports_torch(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def test_a_rebuild_reuses_unchanged_run_pages(rows, tmp_path):
-    out = tmp_path / "site"
-    timings: dict = {}
-    render_site(rows, out, title="T", timings=timings, generated_at=WHEN)
-    assert timings["run pages reused"] == 0
-    before = {p.name: p.stat().st_ino for p in (out / "runs").glob("*.html")}
-    page = text(out / "runs" / "a-s1.html")
-    assert "2026-01-02" not in page  # no build time on run pages
-
-    changed = [dict(r, status="failed") if r["run_key"] == "c-s0" else r for r in rows] + [make_row("new-1", seed=9)]
-    render_site(changed, out, title="T", timings=timings)
-    assert timings["run pages reused"] == len(rows) - 1
-    after = {p.name: p.stat().st_ino for p in (out / "runs").glob("*.html")}
-    assert after["a-s1.html"] == before["a-s1.html"]  # the same file, hard-linked
-    assert after["c-s0.html"] != before["c-s0.html"] and "not included in any mean" in text(out / "runs" / "c-s0.html")
-    assert text(out / "runs" / "a-s1.html") == page
-
-    render_site(changed, out, title="Another title", timings=timings, runs_dir=tmp_path / "runs")
-    assert timings["run pages reused"] == 0  # site options are part of every run page
-    (tmp_path / "runs" / "a-s1").mkdir(parents=True)
-    (tmp_path / "runs" / "a-s1" / "train.log").write_text("epoch 1")
-    render_site(changed, out, title="Another title", timings=timings, runs_dir=tmp_path / "runs")
-    assert timings["run pages reused"] == len(changed) - 1  # a run directory appeared for a-s1 only
-    assert 'href="a-s1/train.log"' in text(out / "runs" / "a-s1.html")
-    render_site(changed, out, title="Another title", timings=timings, runs_dir=tmp_path / "runs")
-    assert timings["run pages reused"] == len(changed)
-    assert text(out / "runs" / "a-s1" / "train.log") == "epoch 1"  # its published files come along
+def test_run_addresses_are_stable_as_the_site_grows(rows, tmp_path):
+    build(rows, tmp_path / "one")
+    build(rows + [make_row(f"more-{i}", seed=10 + i) for i in range(50)], tmp_path / "two", generated_at=datetime(2027, 1, 1, tzinfo=timezone.utc))
+    for key in ("a-s0", "c-s0", "a-s3-div"):
+        assert run_href(key) == f"runs/{shard(key)}.html#{key}" and record(tmp_path / "one", key) == record(tmp_path / "two", key)
+    assert len(list((tmp_path / "two" / "runs").glob("*.html"))) <= 256

@@ -5,6 +5,8 @@ import json
 import duckdb
 import pytest
 
+from medpeft_cli.report.runpage import shard
+
 GRID = """\
 name: small
 backbone: test_vit
@@ -51,7 +53,7 @@ def test_plan_run_missing_then_report(cli, tmp_path):
     site = cli("report", "--out", "site")
     assert site.code == 0, site.stderr
     assert "synthetic-lesions" in (tmp_path / "site" / "index.html").read_text()
-    assert all((tmp_path / "site" / "runs" / f"{r['run_key']}.html").is_file() for r in stored)
+    assert all(f'id="{r["run_key"]}"' in (tmp_path / "site" / "runs" / f"{shard(r['run_key'])}.html").read_text() for r in stored)
 
 
 def test_a_failing_run_does_not_stop_the_sweep(cli, tmp_path):

@@ -9,6 +9,8 @@ import duckdb
 import pytest
 import torch
 
+from medpeft_cli.report.runpage import shard
+
 # Smallest settings that still exercise every stage: 80 training images, 8 prompts x 2 seeds, 2 sampling steps.
 TINY_T2I = [
     "--task", "t2i", "--epochs", "1", "--data-fraction", "0.05", "--batch-size", "16", "--fid-samples", "8",
@@ -50,8 +52,9 @@ def test_train_and_eval_t2i_end_to_end(cli, tmp_path):
     assert grid.size == (4 * 32 + 3 * 2, 2 * 32 + 2)  # 8 samples, 4 per row, 2 px gaps
     assert (run / "trainable.safetensors").is_file() and (run / "samples" / "00.png").is_file()
     assert len(json.loads((run / "samples" / "prompts.json").read_text())["prompts"]) == 8
-    page = (tmp_path / "site" / "runs" / f"{row['run_key']}.html").read_text()
-    assert "fid" in page and f"{row['run_key']}/samples/00.png" in page  # the site shows the run's samples
+    page = (tmp_path / "site" / "runs" / f"{shard(row['run_key'])}.html").read_text()
+    assert '"test_fid": ' in page and '"path": "samples/00.png"' in page  # the run's record lists its samples
+    assert (tmp_path / "site" / "runs" / row["run_key"] / "samples" / "00.png").is_file()  # published next to it
 
     again = cli("train", *TINY_T2I, "--method", "difffit", "--no-site")
     assert again.code == 0 and "already finished" in again.stdout

@@ -12,7 +12,8 @@ filtering; every page reads the same without it):
     methods/<name>.html       description, citation, capabilities, results across datasets
     methods.html              the capability matrix
     significance.html         Friedman + Nemenyi critical-difference diagrams, Wilcoxon vs full
-    runs/<run_key>.html       one run: spec, provenance, metrics, curves, confusion matrix, files
+    runs/<xx>.html#<run_key>  one run: spec, provenance, metrics, curves, confusion matrix, files
+                              (records grouped by key hash; static/run.js draws them)
     downloads.html            results.csv / .json / .parquet and summary.csv
 """
 
@@ -40,18 +41,16 @@ def build_site(
     methods: Methods = None,
     runs_dir: str | Path | None = None,
     base_url: str | None = None,
-    workers: int | None = None,
 ) -> Path:
     """Render the site for `rows` into `out_dir`; returns the path of index.html.
 
     `methods`: method metadata (name, kind, families, cite, summary, default_lr), as the CLI reads
     it from the method registry; `runs_dir`: where run directories are (optional: confusion matrices,
     samples and files); `base_url`: where the site will be published (canonical links, sitemap);
-    `workers`: processes for the run pages (default: one per CPU on sites of 2,000 runs or more).
     """
     return render_site(
         rows, out_dir, title=title, db_label=db_label, generated_at=generated_at, methods=methods, runs_dir=runs_dir,
-        base_url=base_url, workers=workers,
+        base_url=base_url,
     )  # fmt: skip
 
 

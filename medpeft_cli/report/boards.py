@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from medpeft_cli.report.formatting import is_number, value
@@ -43,26 +44,30 @@ class Cell:
     stats: dict[str, Stat]  # metric name -> Stat
     n_settings: int = 1
     setting_note: str | None = None  # why and which setting was chosen, when there were several
+    _by_seed: dict[str, dict[Any, float]] = field(default_factory=dict, repr=False)  # values_by_seed, per metric
 
     @property
     def n(self) -> int:
         return len(self.runs)
 
-    @property
+    @cached_property  # asked for by every (fraction, metric) view of the overview
     def trainable(self) -> tuple[int, int] | None:
         return span(r.trainable for r in self.runs)
 
-    @property
+    @cached_property
     def trainable_pct(self) -> tuple[float, float] | None:
         return span(r.trainable_pct for r in self.runs)
 
     def values_by_seed(self, metric: str) -> dict[Any, float]:
         """Metric value per seed (the mean when a seed occurs twice); runs without a seed are left out."""
+        if metric in self._by_seed:  # full fine-tuning's cell is paired with every other method's
+            return self._by_seed[metric]
         groups: dict[Any, list[float]] = {}
         for run in self.runs:
             if run.seed is not None and metric in run.metrics:
                 groups.setdefault(run.seed, []).append(run.metrics[metric])
-        return {seed: sum(v) / len(v) for seed, v in groups.items()}
+        self._by_seed[metric] = {seed: sum(v) / len(v) for seed, v in groups.items()}
+        return self._by_seed[metric]
 
 
 def _describe_choice(chosen: list[Run], settings: dict[str, list[Run]], metric: MetricInfo | None) -> str:

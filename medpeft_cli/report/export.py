@@ -5,13 +5,11 @@ cells as summary.csv. Each row carries its protocol_version; the summary keeps v
 from __future__ import annotations
 
 import csv
-import json
-import math
-import numbers
 from pathlib import Path
 from typing import Any
 
 from medpeft_cli.report.overview import View
+from medpeft_cli.report.rowjson import plain
 
 SUMMARY_COLUMNS = (
     "protocol_version", "task", "backbone", "weights", "data_fraction", "metric", "higher_is_better",
@@ -27,29 +25,10 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
     return list(names)
 
 
-_SCALARS = (str, int, bool, type(None))
-
-
-def _plain(x: Any) -> Any:
-    """A JSON-safe scalar: NaN/inf become null, other numbers plain int/float, unknown types their
-    text. Exact type checks first: this runs for every value of every row."""
-    kind = type(x)
-    if kind is float:
-        return x if math.isfinite(x) else None
-    if kind in _SCALARS:
-        return x
-    if isinstance(x, numbers.Integral):
-        return int(x)
-    if isinstance(x, numbers.Real):  # numpy.float64, Decimal, ...
-        x = float(x)
-        return x if math.isfinite(x) else None
-    return str(x)
-
-
-def write_json(rows: list[dict[str, Any]], path: Path) -> None:
-    """All rows as a JSON list of objects, one row per line (strict JSON: no NaN)."""
-    lines = (json.dumps({k: _plain(v) for k, v in row.items()}, ensure_ascii=False, allow_nan=False) for row in rows)
-    Path(path).write_text("[\n" + ",\n".join(lines) + "\n]\n", encoding="utf-8")
+def write_json(lines: list[str], path: Path) -> None:
+    """All rows (as rowjson.row_json lines) as a JSON list of objects, one row per line."""
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("[\n" + ",\n".join(lines) + "\n]\n")
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -59,7 +38,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer = csv.writer(fh)
         writer.writerow(names)
         for row in rows:
-            writer.writerow(["" if row.get(n) is None else _plain(row.get(n)) for n in names])
+            writer.writerow(["" if row.get(n) is None else plain(row.get(n)) for n in names])
 
 
 def _literal(text: str | Path) -> str:
@@ -67,25 +46,29 @@ def _literal(text: str | Path) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
-def _copy_json_to_parquet(json_path: Path, types: dict[str, str], path: Path) -> None:
+def _copy_json(json_path: Path, types: dict[str, str], parquet_path: Path, csv_path: Path | None) -> None:
     import duckdb
 
     spec = "{" + ", ".join(f"{_literal(n)}: {_literal(t)}" for n, t in types.items()) + "}"
     con = duckdb.connect()
     try:
         con.execute(
-            f"COPY (SELECT * FROM read_json({_literal(json_path)}, format='array', columns={spec}, maximum_object_size=1073741824)) "
-            f"TO {_literal(path)} (FORMAT parquet)"
+            f"CREATE TABLE results AS SELECT * FROM read_json({_literal(json_path)}, format='array', columns={spec}, "
+            "maximum_object_size=1073741824)"
         )
+        con.execute(f"COPY results TO {_literal(parquet_path)} (FORMAT parquet)")
+        if csv_path is not None:
+            con.execute(f"COPY results TO {_literal(csv_path)} (FORMAT csv, HEADER true)")
     finally:
         con.close()
 
 
-def write_parquet(json_path: Path, names: list[str], path: Path) -> None:
-    """results.json as Parquet (via DuckDB) with the store's column types (other columns as JSON).
+def write_tables(json_path: Path, names: list[str], parquet_path: Path, csv_path: Path, rows: list[dict[str, Any]]) -> None:
+    """results.json as Parquet and CSV (via DuckDB) with the store's column types (other columns as JSON).
 
     Types are given, not inferred, so text such as timestamps stays text. Rows whose values do not
-    fit the store's types (hand-made rows) are written with every column as JSON text instead.
+    fit the store's types (hand-made rows) are written with every column as JSON text in Parquet,
+    and as plain text by Python's csv writer.
     """
     import duckdb
 
@@ -94,9 +77,10 @@ def write_parquet(json_path: Path, names: list[str], path: Path) -> None:
     names = names or ["run_key"]
     typed = {n: COLUMNS[n].replace(" PRIMARY KEY", "") if n in COLUMNS else "JSON" for n in names}
     try:
-        _copy_json_to_parquet(json_path, typed, path)
+        _copy_json(json_path, typed, parquet_path, csv_path)
     except duckdb.Error:
-        _copy_json_to_parquet(json_path, dict.fromkeys(names, "JSON"), path)
+        _copy_json(json_path, dict.fromkeys(names, "JSON"), parquet_path, None)
+        write_csv(rows, csv_path)
 
 
 def write_summary(views: list[View], path: Path) -> None:
@@ -111,7 +95,7 @@ def write_summary(views: list[View], path: Path) -> None:
                     if stat is None or stat.mean is None:
                         continue
                     writer.writerow(
-                        [_plain(x) if x is not None else "" for x in (
+                        [plain(x) if x is not None else "" for x in (
                             b.protocol_version, b.task, b.backbone, b.weights, view.fraction, view.metric.name,
                             view.metric.higher_is_better, row.method, dataset, stat.n, stat.mean, stat.sd, stat.low, stat.high,
                             rank, cell.n_settings if cell else None,

@@ -120,6 +120,24 @@ def history_table(history: dict[str, Any]) -> Markup:
 
 def run_rows(runs: list[Any], metrics: list[Any], run_href: Any, method_href: Any, root: str) -> Markup:
     """The rows of a dataset page's table of all runs."""
+    memo: dict[tuple, str] = {}
+
+    def once(kind: str, x: Any, make: Any) -> str:
+        # Most columns repeat a few values (backbones, methods, fractions, statuses) over thousands of rows.
+        try:
+            return memo[(kind, type(x), x)]
+        except KeyError:
+            text = memo[(kind, type(x), x)] = make(x)
+            return text
+        except TypeError:  # an unhashable stored value
+            return make(x)
+
+    def attr(x: Any) -> str:
+        return once("attr", x, lambda v: esc(filter_value(v)))
+
+    def shown(x: Any, kind: str = "value") -> str:
+        return once(kind, x, lambda v: esc(fmt(v, kind)))
+
     out = []
     for r in runs:
         row = r.row
@@ -132,17 +150,18 @@ def run_rows(runs: list[Any], metrics: list[Any], run_href: Any, method_href: An
             link = f'<span class="key" title="{esc(key)} (no page: unsafe run key)">{label}</span>'
         values = [r.metrics.get(m.name) for m in metrics]
         metric_cells = "".join(f'<td class="num" data-v="{sort_value(v)}">{decimals(v, m.decimals)}</td>' for v, m in zip(values, metrics))
+        method, fraction, status, lr = r.method, r.fraction, row.get("status"), row.get("lr")
         out.append(
-            f'<tr data-filtered data-f-backbone="{esc(filter_value(row.get("backbone")))}" data-f-family="{esc(filter_value(r.kind))}"'
-            f' data-f-fraction="{esc(filter_value(r.fraction))}" data-f-protocol="{esc(filter_value(row.get("protocol_version")))}"'
-            f' data-f-status="{esc(filter_value(row.get("status")))}">'
-            f'<td class="text">{link}</td><td class="text">{esc(fmt(row.get("backbone")))}</td>'
-            f'<td class="text"><a href="{root}{esc(method_href(r.method))}">{esc(fmt(r.method))}</a></td>'
-            f'<td class="num" data-v="{sort_value(r.fraction)}">{esc(fmt(r.fraction, "fraction"))}</td>'
-            f'<td class="num">{esc(fmt(r.seed))}</td><td class="text{"" if r.ok else " status"}">{esc(fmt(row.get("status")))}</td>'
-            f'{metric_cells}<td class="num" data-v="{sort_value(r.trainable)}">{esc(fmt(r.trainable, "params"))}</td>'
-            f'<td class="num" data-v="{sort_value(row.get("lr"))}">{esc(fmt(row.get("lr")))}</td>'
-            f'<td class="num">{esc(fmt(row.get("protocol_version")))}</td></tr>'
+            f'<tr data-filtered data-f-backbone="{attr(row.get("backbone"))}" data-f-family="{attr(r.kind)}"'
+            f' data-f-fraction="{attr(fraction)}" data-f-protocol="{attr(row.get("protocol_version"))}"'
+            f' data-f-status="{attr(status)}">'
+            f'<td class="text">{link}</td><td class="text">{shown(row.get("backbone"))}</td>'
+            f'<td class="text"><a href="{root}{once("href", method, lambda m: esc(method_href(m)))}">{shown(method)}</a></td>'
+            f'<td class="num" data-v="{once("sort", fraction, sort_value)}">{shown(fraction, "fraction")}</td>'
+            f'<td class="num">{shown(r.seed)}</td><td class="text{"" if r.ok else " status"}">{shown(status)}</td>'
+            f'{metric_cells}<td class="num" data-v="{sort_value(r.trainable)}">{shown(r.trainable, "params")}</td>'
+            f'<td class="num" data-v="{once("sort", lr, sort_value)}">{shown(lr)}</td>'
+            f'<td class="num">{shown(row.get("protocol_version"))}</td></tr>'
         )
     return Markup("\n".join(out))
 

@@ -7,12 +7,12 @@ opens from file:// as well as from any static host; --base-url only adds canonic
 from __future__ import annotations
 
 import multiprocessing
-import os
 import re
 import shutil
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,25 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from medpeft_cli import __version__
 from medpeft_cli.errors import UserError
-from medpeft_cli.report import export, fragments, pages, reuse, runfiles
+from medpeft_cli.report import export, fragments, pages, runfiles
 from medpeft_cli.report.assets import static_dir, templates_dir
 from medpeft_cli.report.boards import build_boards
 from medpeft_cli.report.catalog import Catalog
-from medpeft_cli.report.formatting import decimals, estimate, filter_value, fmt, pvalue, sort_value, span
+from medpeft_cli.report.formatting import (
+    decimals,
+    estimate,
+    filter_value,
+    fmt,
+    pvalue,
+    sort_value,
+    span,
+)
 from medpeft_cli.report.keys import page_name, slug, unique_by_key
 from medpeft_cli.report.overview import build_views
-from medpeft_cli.report.runpage import run_context, run_href
-from medpeft_cli.report.runs import make_run
+from medpeft_cli.report.runpage import METRICS_LAYOUT, run_href, shard, shard_records
+from medpeft_cli.report.runs import Run, make_run
 from medpeft_cli.report.significance import analyse_boards
-from medpeft_cli.report.sitedir import MARKER, write_site
+from medpeft_cli.report.sitedir import write_site
 
 _BASE_URL = re.compile(r"https?://[^\s\"'<>\\]+")
 
@@ -55,6 +63,12 @@ def make_env(template_dir: Path | None = None) -> Environment:
     return env
 
 
+@cache
+def _site_env() -> Environment:
+    """The site's environment, kept for the process: its templates are compiled once, not per build."""
+    return make_env()
+
+
 def check_base_url(base_url: str | None) -> str | None:
     """'https://host/path/' (with one trailing slash), or None."""
     if base_url is None or base_url == "":
@@ -77,41 +91,32 @@ DOWNLOADS = (
 )
 
 
-# Run pages are rendered in forked worker processes when a site has at least this many runs
-# (a few hundred per process are needed before the fork pays off).
+# A site with at least this many runs is built by two processes (below, the fork costs more than it saves).
 PARALLEL_MIN_RUNS = 2000
-MAX_WORKERS = 8
-_JOB: tuple[SiteBuilder, Path] | None = None  # what forked workers render (inherited, never pickled)
+_JOB: tuple[SiteBuilder, Path] | None = None  # what the forked process works on (inherited, never pickled)
 
 
-def worker_count(n_runs: int, requested: int | None) -> int:
-    """Processes for the run pages: `requested` when given, else one per CPU (up to MAX_WORKERS) on a
-    large site where fork is available (Linux), else 1."""
-    if requested is not None:
-        return max(1, requested) if "fork" in multiprocessing.get_all_start_methods() else 1
-    if n_runs < PARALLEL_MIN_RUNS or "fork" not in multiprocessing.get_all_start_methods():
-        return 1
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), MAX_WORKERS))
-
-
-def _render_runs_job(start: int, stop: int) -> tuple[dict[str, str], int]:
+def _second_process() -> dict[str, float]:
     builder, tmp = _JOB  # type: ignore[misc]
-    return builder.render_runs(tmp, start, stop)
+    builder.timings = {}
+    builder.row_files(tmp)
+    builder.run_pages(tmp)
+    return {f"{phase} (second process)": t for phase, t in builder.timings.items()}
 
 
 class SiteBuilder:
-    """Renders one site into a (temporary) folder."""
+    """Renders one site into a (temporary) folder.
 
-    def __init__(
-        self, data: pages.SiteData, env: Environment, common: dict[str, Any], runs_dir: Path | None, rows: list[dict[str, Any]],
-        workers: int | None = None,
-    ):  # fmt: skip
-        self.data, self.env, self.common, self.runs_dir, self.rows, self.workers = data, env, common, runs_dir, rows, workers
+    Two independent halves: what needs only the runs (the run shards and the row downloads) and what
+    needs the aggregation (boards, views, tests -> summary pages and summary.csv). On a large site a
+    forked second process writes the first half while this one aggregates and writes the second.
+    """
+
+    def __init__(self, runs: list[Run], catalog: Catalog, env: Environment, common: dict[str, Any], runs_dir: Path | None, rows: list[dict[str, Any]]):
+        self.runs, self.catalog, self.env, self.common, self.runs_dir, self.rows = runs, catalog, env, common, runs_dir, rows
+        self.data: pages.SiteData | None = None
         self.pages: list[str] = []
         self.timings: dict[str, float] = {}  # seconds per phase, for benchmarks/site_build.py
-        self.previous: Path | None = None  # the site being replaced, whose unchanged run pages are reused
-        self.manifest: dict[str, str] = {}  # its run pages' fingerprints
-        self.reused = 0  # run pages carried over from the previous build
 
     def page(self, tmp: Path, rel: str, template: str, context: dict[str, Any]) -> None:
         root = "../" * rel.count("/")
@@ -120,11 +125,42 @@ class SiteBuilder:
         self.pages.append(rel)
 
     def build(self, tmp: Path) -> None:
-        data = self.data
         start = time.perf_counter()
         shutil.copytree(static_dir(), tmp / "static")
         for folder in ("runs", "datasets", "methods"):
             (tmp / folder).mkdir()
+        if len(self.runs) >= PARALLEL_MIN_RUNS and "fork" in multiprocessing.get_all_start_methods():
+            global _JOB
+            _JOB = (self, tmp)
+            try:
+                with multiprocessing.get_context("fork").Pool(1) as pool:
+                    other = pool.apply_async(_second_process)
+                    self.summary(tmp)
+                    self.timings.update(other.get())
+            finally:
+                _JOB = None
+        else:
+            self.row_files(tmp)
+            self.run_pages(tmp)
+            self.summary(tmp)
+        self.pages += [f"runs/{name}.html" for name in sorted({shard(run.key) for run in self.runs if page_name(run.key)})]
+        self.download_page(tmp)
+        if self.common["base_url"]:
+            self.sitemap(tmp)
+        self.timings["all pages and files"] = time.perf_counter() - start
+
+    def _lap(self, phase: str, start: float) -> float:
+        now = time.perf_counter()
+        self.timings[phase] = self.timings.get(phase, 0.0) + now - start
+        return now
+
+    def summary(self, tmp: Path) -> None:
+        """Aggregate, then write the summary pages and summary.csv."""
+        start = time.perf_counter()
+        boards = build_boards(self.runs)
+        views = build_views(boards, self.catalog)
+        data = self.data = pages.SiteData(self.runs, boards, views, analyse_boards(views), self.catalog)
+        start = self._lap("aggregation and statistics", start)
         self.page(tmp, "index.html", "index.html.j2", pages.index_context(data))
         self.page(tmp, "methods.html", "methods.html.j2", pages.methods_context(data))
         self.page(tmp, "significance.html", "significance.html.j2", pages.significance_context(data))
@@ -132,73 +168,33 @@ class SiteBuilder:
             self.page(tmp, f"datasets/{slug(dataset)}.html", "dataset.html.j2", pages.dataset_context(data, dataset))
         for method in data.methods:
             self.page(tmp, f"methods/{slug(method)}.html", "method.html.j2", pages.method_context(data, method))
-        start = self._lap("summary pages", start)
-        self.run_pages(tmp)
-        start = self._lap("run pages", start)
-        self.downloads(tmp)
-        if self.common["base_url"]:
-            self.sitemap(tmp)
-        self._lap("downloads", start)
-
-    def _lap(self, phase: str, start: float) -> float:
-        now = time.perf_counter()
-        self.timings[phase] = now - start
-        return now
+        export.write_summary([v for views in data.views.values() for v in views], tmp / "summary.csv")
+        self._lap("summary pages", start)
 
     def run_pages(self, tmp: Path) -> None:
-        """runs/<run_key>.html for every run with a safe key; in several processes on a large site."""
-        runs = self.data.runs
-        self.pages.extend(f"runs/{name}" for name in map(page_name, (r.key for r in runs)) if name)
-        workers = worker_count(len(runs) - len(self.manifest), self.workers)
-        if workers == 1:
-            marks, self.reused = self.render_runs(tmp, 0, len(runs))
-        else:
-            global _JOB
-            step = -(-len(runs) // workers)
-            _JOB = (self, tmp)
-            try:
-                with multiprocessing.get_context("fork").Pool(workers) as pool:
-                    parts = pool.starmap(_render_runs_job, [(i, min(i + step, len(runs))) for i in range(0, len(runs), step)])
-            finally:
-                _JOB = None
-            marks = {name: mark for part, _ in parts for name, mark in part.items()}
-            self.reused = sum(n for _, n in parts)
-        reuse.write_manifest(tmp, marks)
+        """runs/<shard>.html with the records of its runs, and the run directories' small files."""
+        start = time.perf_counter()
+        template = self.env.get_template("runs.html.j2")
+        # Run records carry no build time, so an unchanged shard is the same file in every build.
+        options = {**self.common, "generated_at": None, "metrics_layout": METRICS_LAYOUT, "root": "../"}
+        for name, records in shard_records(self.runs, self.runs_dir).items():
+            rel = f"runs/{name}.html"
+            _write(tmp / rel, template.render({**options, "shard": name, "records": records, "page": rel}))
+            for record in records:
+                if record["found"] is not None:
+                    runfiles.publish(record["found"], tmp / "runs" / record["key"])
+        self._lap("run pages", start)
 
-    def render_runs(self, tmp: Path, start: int, stop: int) -> tuple[dict[str, str], int]:
-        """Render (or carry over from the previous build, when unchanged) the pages of runs[start:stop];
-        returns their fingerprints and how many were carried over."""
-        marks: dict[str, str] = {}
-        reused = 0
-        template = self.env.get_template("run.html.j2")
-        runs_dir = tmp / "runs"
-        # Run pages carry no build time, so that an unchanged run's page is the same file in every build.
-        options = {**self.common, "generated_at": None}
-        digest = reuse.options_digest(options)
-        old_runs, new_runs = str(self.previous / "runs") if self.previous else "", str(runs_dir)
-        for run in self.data.runs[start:stop]:
-            name = page_name(run.key)
-            if name is None:
-                continue
-            # page_name allows no separators and no leading dot: the page is always inside runs/
-            mark = marks[name] = reuse.fingerprint(digest, run.row, reuse.files_signature(self.runs_dir, run.key))
-            if self.manifest.get(name) == mark and reuse.reuse(old_runs, new_runs, run.key, name):
-                reused += 1
-                continue
-            context, files = run_context(run, self.runs_dir)
-            _write(runs_dir / name, template.render({**options, **context, "root": "../", "page": f"runs/{name}"}))
-            if files is not None:
-                runfiles.publish(files, runs_dir / run.key)
-        return marks, reused
+    def row_files(self, tmp: Path) -> None:
+        """results.json / .csv / .parquet."""
+        start = time.perf_counter()
+        export.write_json([run.json for run in self.runs], tmp / "results.json")
+        export.write_tables(tmp / "results.json", export.columns(self.rows), tmp / "results.parquet", tmp / "results.csv", self.rows)
+        self._lap("download files", start)
 
-    def downloads(self, tmp: Path) -> None:
-        export.write_json(self.rows, tmp / "results.json")
-        export.write_csv(self.rows, tmp / "results.csv")
-        names = export.columns(self.rows)
-        export.write_parquet(tmp / "results.json", names, tmp / "results.parquet")
-        export.write_summary([v for views in self.data.views.values() for v in views], tmp / "summary.csv")
+    def download_page(self, tmp: Path) -> None:
         files = [{"name": n, "about": about, "size": (tmp / n).stat().st_size} for n, about in DOWNLOADS]
-        self.page(tmp, "downloads.html", "downloads.html.j2", pages.downloads_context(self.data, files, names))
+        self.page(tmp, "downloads.html", "downloads.html.j2", pages.downloads_context(self.data, files, export.columns(self.rows)))  # type: ignore[arg-type]
 
     def sitemap(self, tmp: Path) -> None:
         from xml.sax.saxutils import escape
@@ -217,7 +213,6 @@ def render_site(
     methods: Iterable[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]] | None = None,
     runs_dir: str | Path | None = None,
     base_url: str | None = None,
-    workers: int | None = None,
     timings: dict[str, float] | None = None,
 ) -> Path:
     """Write the whole site into `out_dir` (replaced in one step); returns the path of index.html.
@@ -229,10 +224,7 @@ def render_site(
     catalog = Catalog(methods)
     base_url = check_base_url(base_url)
     runs = [make_run(r, catalog) for r in rows]
-    boards = build_boards(runs)
-    views = build_views(boards, catalog)
-    data = pages.SiteData(runs, boards, views, analyse_boards(views), catalog)
-    aggregated = time.perf_counter()
+    parsed = time.perf_counter()
     when = (generated_at or datetime.now(timezone.utc)).astimezone(timezone.utc)
     common = {
         "title": title,
@@ -241,12 +233,8 @@ def render_site(
         "medpeft_version": __version__,
         "base_url": base_url,
     }
-    builder = SiteBuilder(data, make_env(), common, Path(runs_dir) if runs_dir is not None else None, rows, workers)
-    previous = Path(out_dir).resolve()
-    if (previous / MARKER).is_file() and (previous / "runs").is_dir():
-        builder.previous, builder.manifest = previous, reuse.read_manifest(previous)
+    builder = SiteBuilder(runs, catalog, _site_env(), common, Path(runs_dir) if runs_dir is not None else None, rows)
     site = write_site(out_dir, builder.build)
     if timings is not None:
-        timings.update({"aggregation and statistics": aggregated - start, **builder.timings, "total": time.perf_counter() - start})
-        timings["run pages reused"] = builder.reused
+        timings.update({"reading rows": parsed - start, **builder.timings, "total": time.perf_counter() - start})
     return site / "index.html"

@@ -14,6 +14,7 @@ from typing import Any
 from medpeft_cli.report.catalog import UNKNOWN, Catalog
 from medpeft_cli.report.formatting import is_number
 from medpeft_cli.report.metrics import CATALOGUE
+from medpeft_cli.report.rowjson import row_json
 
 OK = "ok"
 # Spec fields that place a run in a table cell rather than describe its hyper-parameters.
@@ -70,8 +71,7 @@ def _fraction(value: Any) -> float | None:
 
 @dataclass
 class Run:
-    """One stored row with its parsed parts. metrics_json is parsed only when needed (a run page, or
-    metrics that the row has no column for): on a large store most run pages are reused unparsed."""
+    """One stored row with its parsed parts (metrics_json parsed on first use)."""
 
     row: dict[str, Any]
     setting: dict[str, Any]  # flattened hyper-parameters
@@ -84,6 +84,11 @@ class Run:
     @cached_property
     def _metrics_json(self) -> tuple[Any, str | None]:
         return parse_json(self.row.get("metrics_json"))
+
+    @cached_property
+    def json(self) -> str:
+        """The row as one line of strict JSON (results.json and the run record)."""
+        return row_json(self.row)
 
     @property
     def metrics_doc(self) -> Any:

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from medpeft_cli.report import build_site
+from medpeft_cli.report.runpage import run_href, shard
 from medpeft_cli.report.stats import summarize
 from medpeft_cli.report.synthetic import method_catalog, synthetic_rows
 
@@ -30,12 +31,16 @@ def site(browser, tmp_path_factory):  # browser first: no site is built where th
         for i in range(40):
             w.writerow([i, f"img{i}", i % 7, i % 7 if i % 5 else (i + 1) % 7])
     (run_dir / "metrics.json").write_text(json.dumps({"note": "from the run directory"}))
+    # a diverged run stores NaN losses, which Python's json writes as a bare NaN (not JSON)
+    diverged = next(r for r in rows if r["status"] == "diverged")
+    diverged["metrics_json"] = json.dumps({"history": [{"epoch": 1, "train_loss": 0.9}, {"epoch": 2, "train_loss": float("nan")}]})
     build_site(rows, root / "site", title="Browser test board", methods=method_catalog(), runs_dir=root / "runs")
-    return {"root": root / "site", "rows": rows, "key": key}
+    return {"root": root / "site", "rows": rows, "key": key, "diverged": diverged["run_key"]}
 
 
 def url(site, rel: str = "index.html") -> str:
-    return (site["root"] / rel).as_uri()
+    path, _, fragment = rel.partition("#")
+    return (site["root"] / path).as_uri() + (f"#{fragment}" if fragment else "")
 
 
 def expected_cell(rows, method, dataset, fraction=1.0, metric="test_macro_f1") -> str:
@@ -125,12 +130,18 @@ def test_links_lead_down_to_a_run_page(site, page, console, artifacts):
     page.click("form.filters button[type=reset]")
     key = site["key"]
     page.click(f"table.runs a[title='{key}']")
-    assert page.url.endswith(f"/runs/{key}.html")
+    assert page.url.endswith(f"/runs/{shard(key)}.html#{key}")
     assert key in page.text_content("h1")
-    for section in ("Setup", "Provenance", "Training curves", "Per-class F1 (test)", "Run spec", "Files"):
-        assert page.locator(f"h2:has-text('{section}')").count() == 1, section
+    assert page.is_hidden(".run-records")  # the stored records make way for the drawn run page
+    for section in ("Setup", "Results", "Parameters", "Provenance", "Training curves", "Training history", "Per-class F1 (test)", "Run spec", "Files"):
+        assert page.locator(f"#run-view h2:has-text('{section}')").count() == 1, section
     assert page.locator("table.confusion tbody tr").count() == 7
-    assert "hf-hub:timm/" in page.text_content("body")
+    assert page.locator("#run-view svg.chart").count() == 2  # loss and validation curves
+    row = next(r for r in site["rows"] if r["run_key"] == key)
+    fields = dict(page.eval_on_selector_all("#run-view table.fields tr", "rs => rs.map(r => [r.cells[0].textContent, r.cells[1].textContent])"))
+    assert fields["Test Macro-F1"] == f"{row['test_macro_f1']:.3f}" and fields["Weights source"] == row["weights_source"]
+    assert fields["Trainable parameters"].startswith(f"{row['trainable_params']:,} (")
+    assert fields["Training data"] == f"{row['data_fraction'] * 100:g} %" and fields["Run key"] == key
     page.screenshot(path=str(artifacts / "run.png"), full_page=True)
     page.click("a:has-text('metrics.json')")
     assert "from the run directory" in page.text_content("body")
@@ -138,6 +149,15 @@ def test_links_lead_down_to_a_run_page(site, page, console, artifacts):
         page.goto(url(site, rel))
     page.screenshot(path=str(artifacts / "downloads.png"))
     assert console.errors == [] and console.dialogs == []
+
+
+def test_a_diverged_run_page_shows_its_status_and_nan_losses(site, page, console):
+    page.goto(url(site, run_href(site["diverged"])))
+    assert "not included in any mean" in page.text_content("#run-view .notice")
+    history = page.eval_on_selector_all("#run-view table.data tr", "rs => rs.map(r => r.textContent)")
+    assert any("NaN" in row for row in history)
+    assert page.locator("#run-view svg.chart").count() == 1  # the loss curve, drawn from its finite points
+    assert console.errors == []
 
 
 def test_significance_page(site, page, console, artifacts):
@@ -158,6 +178,11 @@ def test_pages_read_without_javascript(site, browser):
     shown = page.eval_on_selector_all("#b1-table tbody", "bs => bs.filter(b => !b.hidden).map(b => b.dataset.viewMetric + '@' + b.dataset.viewFraction)")
     assert shown == ["macro_f1@1"]
     assert page.locator("#b1-table tbody:not([hidden]) tr").count() == 12  # caption + 11 methods
+    key = site["key"]
+    page.goto(url(site, run_href(key)))  # a run's link shows its stored record alone
+    shown = page.eval_on_selector_all("section.run-record", "ss => ss.filter(s => s.offsetParent !== null).map(s => s.id)")
+    assert shown == [key]
+    assert f'"run_key": "{key}"' in page.text_content(f"section.run-record[id='{key}'] pre")
     context.close()
 
 

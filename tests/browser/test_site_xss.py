@@ -12,6 +12,7 @@ import pytest
 
 from medpeft_cli.report import build_site
 from medpeft_cli.report.keys import slug
+from medpeft_cli.report.runpage import run_href, shard
 
 PAYLOADS = [
     "<script>window.__xss=1</script>",
@@ -63,10 +64,12 @@ def test_no_payload_executes_in_the_browser(evil_site, browser, artifacts):
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.on("pageerror", lambda e: errors.append(str(e)))
     pages = sorted(p.relative_to(evil_site).as_posix() for p in evil_site.rglob("*.html"))
-    expected = {"index.html", f"datasets/{slug(DATASET)}.html", f"methods/{slug(METHOD)}.html", "runs/xss-0-0.html"}
+    expected = {"index.html", f"datasets/{slug(DATASET)}.html", f"methods/{slug(METHOD)}.html", f"runs/{shard('xss-0-0')}.html"}
     assert expected | {"significance.html", "methods.html", "downloads.html"} <= set(pages)
-    for rel in pages:
-        page.goto((evil_site / rel).as_uri())
+    runs = [run_href(r["run_key"]) for r in evil_rows() if run_href(r["run_key"])]  # each run drawn by static/run.js
+    for rel in pages + runs:
+        path, _, fragment = rel.partition("#")
+        page.goto((evil_site / path).as_uri() + (f"#{fragment}" if fragment else ""))
         page.wait_for_load_state("load")
         # exercise every filter value and every sort button, as a visitor would
         for select in page.query_selector_all("form.filters select"):
@@ -83,8 +86,8 @@ def test_no_payload_executes_in_the_browser(evil_site, browser, artifacts):
     page.goto((evil_site / "index.html").as_uri())
     body = page.text_content("body")
     assert DATASET in body and METHOD in body and BACKBONE in body
-    page.goto((evil_site / "runs" / "xss-0-0.html").as_uri())
-    body = page.text_content("body")
+    page.goto((evil_site / f"runs/{shard('xss-0-0')}.html").as_uri() + "#xss-0-0")
+    body = page.text_content("#run-view")
     assert NOTE in body and 'x"><img src=x onerror="window.__xss=6">.txt' in body and PAYLOADS[0] in body
     assert page.locator("a[href^='javascript']").count() == 0
     context.close()
