@@ -1,4 +1,4 @@
-"""End to end through the `medpeft` command: train -> DuckDB row -> eval -> report, and bad input."""
+"""End to end through the `medpeft` command: train -> DuckDB row -> eval -> report, listings."""
 
 import json
 
@@ -97,48 +97,7 @@ def test_breastmnist_from_the_shared_file(cli, breastmnist_dir):
     assert "md5=750601b1f35ba3300ea97c75c52ff8f6" in row["dataset_source"] or "breastmnist.npz" in row["dataset_source"]
 
 
-def _bad_npz(tmp_path):
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "breastmnist.npz").write_bytes(b"PK\x03\x04 definitely not the official file")
-    return ["--dataset", "breastmnist", "--data-dir", "bad"]
-
-
-def _pickled_weights(tmp_path):
-    import argparse
-
-    # A torch checkpoint holding an arbitrary Python object: loading it would run pickle code.
-    torch.save({"state": argparse.Namespace(w=torch.zeros(2))}, tmp_path / "evil.pth")
-    return ["--weights", "evil.pth"]
-
-
-BAD_INPUTS = [
-    ("unknown method", lambda p: ["--method", "nope"], "unknown method 'nope'"),
-    ("unknown dataset", lambda p: ["--dataset", "nope"], "unknown dataset"),
-    ("unknown backbone", lambda p: ["--backbone", "vit_tny_patch16"], "unknown backbone"),
-    ("unsupported pair", lambda p: ["--backbone", "test_resnet", "--method", "lora"], "does not support backbone 'test_resnet'"),
-    ("missing npz", lambda p: ["--dataset", "breastmnist", "--data-dir", "empty"], "breastmnist.npz not found"),
-    ("wrong md5", _bad_npz, "expected 750601b1f35ba3300ea97c75c52ff8f6"),
-    ("invalid yaml", lambda p: (p / "bad.yaml").write_text("method: [lora\n") and ["--config", "bad.yaml"], "not valid YAML"),
-    ("negative lr", lambda p: ["--lr", "-0.1"], "train.lr: Input should be greater than 0"),
-    ("fraction out of range", lambda p: ["--data-fraction", "1.5"], "data_fraction"),
-    ("unknown key", lambda p: ["--set", "optimiser=sgd"], "optimiser: unknown key"),
-    ("bad method option", lambda p: ["--set", "method.rank=0"], "invalid options for method 'lora'"),
-    ("pickled checkpoint", _pickled_weights, "refusing to load"),
-    ("missing weights file", lambda p: ["--weights", "nothere.safetensors"], "does not exist"),
-    ("pretrained offline", lambda p: ["--weights", "pretrained"], "could not load pretrained weights"),
-]
-
-
-@pytest.mark.parametrize("name, make_args, message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_bad_input_is_one_clear_line_and_writes_nothing(cli, tmp_path, name, make_args, message):
-    (tmp_path / "empty").mkdir(exist_ok=True)
-    args = make_args(tmp_path)
-    res = cli("train", "--backbone", "test_vit", "--image-size", "32", "--epochs", "1", *args, "-q")
-    assert res.code == 2
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("medpeft: error: "), res.stderr
-    assert message in lines[0]
-    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists() and not (tmp_path / "site").exists()
+# Bad input of every kind (one clear line, exit 2, nothing written): tests/test_bad_inputs.py.
 
 
 def test_eval_of_a_directory_that_is_not_a_run(cli, tmp_path):

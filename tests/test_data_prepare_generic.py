@@ -53,8 +53,9 @@ def manifest_rows(root: Path, n=30) -> list[dict]:
 
 
 def nothing_written(data: Path, name: str) -> bool:
-    folder = data / "prepared" / name
-    return not folder.exists()
+    """No folder for `name`, and no empty prepared/ folder left behind either."""
+    root = data / "prepared"
+    return not (root / name).exists() and (not root.exists() or any(root.iterdir()))
 
 
 # ---- ImageFolder -----------------------------------------------------------------------------

@@ -209,6 +209,8 @@ def test_nan_loss_is_stored_as_diverged_with_no_metrics_and_shown_so_on_the_site
     assert not (tmp_path / "runs" / ".partial").exists() and not (tmp_path / "runs" / ".failed").exists()
     assert '"status": "diverged"' in (tmp_path / "site" / "runs" / f"{shard(row['run_key'])}.html").read_text()
     assert "diverged" in (tmp_path / "site" / "index.html").read_text()
+    evaluated = cli("eval", str(run_dir))
+    assert evaluated.code == 2 and f"run {row['run_key']} diverged (" in evaluated.stderr and "lower --lr" in evaluated.stderr
     # The runner API keeps raising a FloatingPointError (learning-rate search prunes such trials), after storing.
     from medpeft_cli.config import build_spec
     from medpeft_cli.train.runner import RunDiverged, train

@@ -401,8 +401,9 @@ def prepare_table(root: Path, table: RawTable, spec: PrepareSpec, data_dir: Path
             move_into_place(tmp / str(r), final_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not any(parent.iterdir()):  # a failed first prepare leaves no empty folder behind
-            parent.rmdir()
+        for folder in (parent, parent.parent):  # a failed first prepare leaves no empty folder behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     return PrepareResult(spec.name, finals, int(len(keep)), class_names, counts, skipped, dict(table.excluded), split_sum, time.perf_counter() - start)
 
 

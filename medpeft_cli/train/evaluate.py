@@ -34,6 +34,9 @@ def evaluate_run(
         raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     run_dir = Path(run_dir)
     row = read_result(run_dir)
+    if row.get("status", "ok") != "ok":
+        detail = f" ({row['status_detail']})" if row.get("status_detail") else ""
+        raise UserError(f"run {row.get('run_key')} {row['status']}{detail} and kept no trained weights to evaluate; rerun it with other settings (e.g. a lower --lr)")
     try:
         spec = RunSpec.model_validate(json.loads((run_dir / "spec.json").read_text(encoding="utf-8")))
     except (OSError, ValueError) as exc:
