@@ -43,8 +43,9 @@ def train(
     fid_features: Annotated[Optional[str], typer.Option(help="t2i: FID/KID features: inception | dinov2 | <timm name>[@random|@FILE].")] = None,
     fid_samples: Annotated[Optional[int], typer.Option(help="t2i: images generated per seed from held-out prompts [default: 1000; tiny-sd 100].")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset name from datasets.yaml (`medpeft datasets`).")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="timm model name, e.g. vit_tiny_patch16_224, resnet50.")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="'random', 'pretrained' (hub/cache) or a .safetensors/.pth file.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="timm name (vit_tiny_patch16_224, hf-hub:org/name), transformers:<hub id or folder>, or path/to/file.py:factory | package.module:factory (docs/backbones.md).")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="'random', 'pretrained' (the source's own weights, hub/cache) or a .safetensors/.pth file.")] = None,
+    weights_prefix: Annotated[Optional[str], typer.Option(help="Load only the weights file's keys under this prefix, without it (e.g. backbone.) [default: strip module./model.].")] = None,
     method: Annotated[Optional[str], typer.Option(help="PEFT method (`medpeft methods`).")] = None,
     param_budget: Annotated[Optional[str], typer.Option(help="Method parameters (head excluded): '0.5%' of the backbone or a count (150k); sets the method's size knob.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, data order and data subset.")] = None,
@@ -57,6 +58,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option()] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: the method's).")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16 (auto: bf16/fp16 on GPU, fp32 on CPU).")] = None,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (speed only; not part of the run key). Pays a compilation of minutes first.")] = False,
     runs_dir: Annotated[Optional[Path], typer.Option(help="Where run directories go [default: runs].")] = None,
     db: Annotated[Optional[Path], typer.Option(help="DuckDB results file [default: results/medpeft.duckdb].")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset files/cache [default: $MEDPEFT_DATA_DIR or ~/.cache/medpeft/data].")] = None,
@@ -74,10 +76,10 @@ def train(
     """
     flags = {
         "task": task, "t2i.fid_features": fid_features, "t2i.fid_samples": fid_samples,
-        "dataset": dataset, "backbone": backbone, "weights": weights, "method": method, "seed": seed, "param_budget": param_budget,
+        "dataset": dataset, "backbone": backbone, "weights": weights, "weights_prefix": weights_prefix, "method": method, "seed": seed, "param_budget": param_budget,
         "data_fraction": data_fraction, "shots": shots, "train.class_weighting": class_weighting,
         "data_resolution": data_resolution, "image_size": image_size, "train.epochs": epochs,
-        "train.batch_size": batch_size, "train.lr": lr, "train.precision": precision,
+        "train.batch_size": batch_size, "train.lr": lr, "train.precision": precision, "train.compile": True if compile_model else None,
         "output.runs_dir": runs_dir, "output.db": db, "output.data_dir": data_dir,
     }  # fmt: skip
     spec = build_spec(config, flags, overrides)
@@ -248,21 +250,16 @@ def report(
     from medpeft_cli.store.results import query
 
     check_base_url(base_url)
-    rows = query(db)  # before reading the method registry (which imports torch): a wrong --db fails fast
+    rows = query(db)  # before reading the method catalogue: a wrong --db fails fast
     index = build_site(rows, out_dir, title=title, db_label=str(db), methods=_method_catalog(), runs_dir=runs_dir, base_url=base_url)
     out.print(f"site: {index} ({len(rows)} runs)")
 
 
 def _method_catalog() -> list[dict]:
-    """The method registry as plain data for the site (the report package never imports torch)."""
-    from medpeft_cli.methods import list_methods
+    """The method registry as plain data for the site (without torch when the shipped copy is current)."""
+    from medpeft_cli.methods.catalog import method_catalog
 
-    return [
-        {"name": m.name, "task": m.task, "kind": m.kind, "families": sorted(m.families), "cite": m.cite,
-         "summary": m.summary, "default_lr": m.default_lr, "url": m.url, "knob": m.knob,
-         "mergeable": m.merge is not None, "peft": m.peft_owned}
-        for m in list_methods()
-    ]  # fmt: skip
+    return method_catalog()
 
 
 @app.command()
@@ -270,9 +267,10 @@ def methods(
     details: Annotated[bool, typer.Option("--details", help="Each method's description, options, size knob, merge support and citation.")] = False,
     matrix: Annotated[bool, typer.Option("--matrix", help="Only the method x backbone-family capability matrix.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The capability matrix as JSON (for the site and scripts).")] = False,
-    count: Annotated[Optional[str], typer.Option("--count", metavar="BACKBONE", help="Count every method's parameters on this timm backbone (no weights needed).")] = None,
-    num_classes: Annotated[int, typer.Option(help="Classes of the head for --count.")] = 3,
-    image_size: Annotated[int, typer.Option(help="Input size for --count (ViT position embeddings depend on it).")] = 224,
+    backbone: Annotated[Optional[str], typer.Option("--backbone", metavar="SPEC", help="What applies to this backbone (any --backbone of train): detected family, and each method's parameters or why it does not apply.")] = None,
+    count: Annotated[Optional[str], typer.Option("--count", metavar="BACKBONE", help="Like --backbone, listing only the methods that apply.")] = None,
+    num_classes: Annotated[int, typer.Option(help="Classes of the head for --backbone/--count.")] = 3,
+    image_size: Annotated[int, typer.Option(help="Input size for --backbone/--count (ViT position embeddings depend on it).")] = 224,
     task: Annotated[str, typer.Option(help="classification | t2i (methods for the Stable Diffusion U-Net).")] = "classification",
 ) -> None:
     """List the PEFT methods (read from the method registry)."""
@@ -288,8 +286,8 @@ def methods(
     if as_json:
         out.print_json(json.dumps({"families": FAMILY_DESCRIPTIONS, "methods": capability_matrix()}))
         return
-    if count:
-        _print_parameter_table(count, image_size, num_classes)
+    if backbone or count:
+        _print_parameter_table(backbone or count, image_size, num_classes, every_method=bool(backbone))
         return
     table = Table(title="capability matrix (method x backbone family)" if matrix else "methods", title_justify="left")
     columns = ("method", *FAMILIES) if matrix else ("name", "kind", *FAMILIES, "size knob", "merge", "default lr", "reference")
@@ -333,24 +331,33 @@ def _print_t2i_methods(details: bool) -> None:
             out.print(f"[bold]{info.name}[/]: {info.summary}\n  options: {options or 'none'}\n  cite: {info.cite}")
 
 
-def _print_parameter_table(backbone: str, image_size: int, num_classes: int) -> None:
+def _print_parameter_table(backbone: str, image_size: int, num_classes: int, every_method: bool = False) -> None:
+    """Each method's parameters on `backbone` (shapes only); with `every_method`, also what does not apply and why."""
     from rich.table import Table
 
-    from medpeft_cli.methods.accounting import parameter_table
+    from medpeft_cli.methods.accounting import backbone_table, head_params, meta_backbone
+    from medpeft_cli.models.backbones import describe_source
 
-    rows = parameter_table(backbone, image_size, num_classes)
-    base = next((r["backbone_params"] for r in rows if "backbone_params" in r), None)
-    title = f"trainable parameters on {backbone} ({num_classes} classes, {image_size} px; backbone without head: {base:,})" if base else backbone
+    shape = meta_backbone(backbone, image_size, num_classes)
+    rows = backbone_table(shape, every_method)
+    base = shape.num_params - head_params(shape)
+    if every_method:
+        out.print(f"backbone {backbone}: {describe_source(backbone)}, detected family [bold]{shape.family}[/], head `{shape.head_name}`, "
+                  f"{base:,} parameters without the head ({num_classes} classes, {image_size} px)")
+    title = f"trainable parameters on {backbone} ({num_classes} classes, {image_size} px; backbone without head: {base:,})"
     table = Table(title=title, title_justify="left")
-    for column in ("method", "method params", "head params", "trainable", "% of backbone", "total"):
-        table.add_column(column, justify="right")
+    for column in ("method", *(("applies",) if every_method else ()), "method params", "head params", "trainable", "% of backbone", "total"):
+        table.add_column(column, justify="right", no_wrap=column == "method")
     for r in rows:
         if "error" not in r:
-            table.add_row(r["method"], f"{r['method_params']:,}", f"{r['head_params']:,}", f"{r['trainable_params']:,}", f"{r['method_pct']:.3f}", f"{r['total_params']:,}")
+            counts = (f"{r['method_params']:,}", f"{r['head_params']:,}", f"{r['trainable_params']:,}", f"{r['method_pct']:.3f}", f"{r['total_params']:,}")
+            table.add_row(r["method"], *(("yes",) if every_method else ()), *counts)
+        elif every_method:  # another family's method, or one that cannot find what it needs (explained below)
+            table.add_row(r["method"], f"no ({r['families']} only)" if "families" in r else "no (see below)", *("-" * 5))
     out.print(table)
     for r in rows:
-        if "error" in r:
-            out.print(f"{r['method']}: not counted: {r['error']}")
+        if "error" in r and "families" not in r:
+            out.print(f"{r['method']}: {'does not apply' if every_method else 'not counted'}: {r['error']}")
 
 
 @app.command()
@@ -367,7 +374,7 @@ def export(
     result = export_merged(run_dir, out_path)
     out.print(f"merged {result['method']} into {result['backbone']}: {result['path']}")
     out.print(f"max |merged - adapted| / max |adapted| logits on {result['checked_images']} random images: {result['max_rel_diff']:.2e}")
-    out.print(f"load with: timm.create_model({result['backbone']!r}, {result['create_kwargs']}).load_state_dict(safetensors.torch.load_file({result['path']!r}))")
+    out.print(f"load with: {result['load_hint']}")
 
 
 datasets_app = typer.Typer(help="Datasets in the registry (datasets.yaml).", invoke_without_command=True)

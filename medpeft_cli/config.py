@@ -54,6 +54,7 @@ class TrainOptions(_Strict):
     # Class imbalance: "loss" weights cross-entropy by n / (k * n_class) over the training subset;
     # "sampler" draws training batches with replacement so every class is equally likely.
     class_weighting: Literal["none", "loss", "sampler"] = "none"
+    compile: bool = Field(False, description="torch.compile the model (speed only, results equal within float rounding; not part of the run key)")
 
 
 class OutputOptions(_Strict):
@@ -108,6 +109,9 @@ class RunSpec(_Strict):
         "random",
         description="'random' (random init), 'pretrained' (the timm/HF hub default weights) or a path to a local weights file",
     )
+    weights_prefix: str | None = Field(
+        None, min_length=1, description="load only the weights file's keys under this prefix, without it (e.g. 'backbone.'); default: strip a module./model. prefix every key has"
+    )
     image_size: int = Field(64, ge=8, le=4096)
     method: MethodSpec = Field(default_factory=MethodSpec)
     data_fraction: float = Field(1.0, gt=0, le=1)
@@ -139,6 +143,8 @@ class RunSpec(_Strict):
                 raise ValueError("a t2i run uses its pipeline's own weights: name the pipeline with --backbone (HF id, local folder or tiny-sd) and drop --weights")
             if self.shots is not None or self.train.class_weighting != "none" or self.param_budget is not None:
                 raise ValueError("shots, class_weighting and param_budget apply to classification runs only; use data_fraction for t2i")
+            if self.train.compile:
+                raise ValueError("train.compile applies to classification runs only; drop --compile for t2i")
         return self
 
     @field_validator("param_budget", mode="before")
@@ -159,6 +165,12 @@ class RunSpec(_Strict):
         return data
 
     @model_validator(mode="after")
+    def _prefix_needs_a_file(self) -> RunSpec:
+        if self.weights_prefix is not None and self.weights in ("random", "pretrained", "pipeline"):
+            raise ValueError(f"weights_prefix applies to a local weights file, not to weights {self.weights!r}; pass --weights FILE or drop --weights-prefix")
+        return self
+
+    @model_validator(mode="after")
     def _one_subset_rule(self) -> RunSpec:
         if self.shots is not None and self.data_fraction != 1.0:
             raise ValueError(f"give either shots ({self.shots}) or data_fraction ({self.data_fraction}), not both")
@@ -177,11 +189,26 @@ class RunSpec(_Strict):
                 node.pop(path[-1], None)
         for name in T2I_SPEED_ONLY if data.get("t2i") else ():
             data["t2i"].pop(name, None)
+        for name in METHOD_SPEED_ONLY.get(self.method.name, ()):
+            data["method"].pop(name, None)
+        for name in TRAIN_SPEED_ONLY:
+            data["train"].pop(name, None)
+        if self.task == "classification":  # a custom architecture's code: a changed file is a new experiment
+            from medpeft_cli.models.sources import code_identity
+
+            code = code_identity(self.backbone)
+            if code is not None:
+                data["backbone_code"] = code
         return data
 
 
+# Method options that only change how the same function is computed (equal within float rounding): never
+# in the run key, so choosing a faster implementation does not make a finished run look new.
+METHOD_SPEED_ONLY: dict[str, tuple[str, ...]] = {"lora": ("impl",)}
+TRAIN_SPEED_ONLY = ("compile",)
+
 # field path -> default value at which it is left out of the run key
-_KEY_IF_SET: dict[tuple[str, ...], Any] = {("t2i",): None, ("param_budget",): None, ("shots",): None, ("data_resolution",): None, ("train", "class_weighting"): "none"}
+_KEY_IF_SET: dict[tuple[str, ...], Any] = {("weights_prefix",): None, ("t2i",): None, ("param_budget",): None, ("shots",): None, ("data_resolution",): None, ("train", "class_weighting"): "none"}
 
 
 def run_key(spec: RunSpec) -> str:

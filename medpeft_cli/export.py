@@ -35,7 +35,7 @@ def load_run_model(run_dir: Path):
         raise UserError(f"cannot read the spec of {run_dir} ({exc}); the run directory is damaged") from None
     info = get_method(spec.method.name)
     options = validate_options(info, spec.method.options)
-    backbone = create_backbone(spec.backbone, spec.weights, row["num_classes"], spec.image_size, spec.seed)
+    backbone = create_backbone(spec.backbone, spec.weights, row["num_classes"], spec.image_size, spec.seed, spec.weights_prefix)
     if backbone.checksum != row.get("backbone_checksum"):
         raise UserError(
             f"the backbone weights rebuilt for {spec.backbone} ({backbone.weights_source}) differ from those run {row['run_key']} "
@@ -63,7 +63,7 @@ def export_merged(run_dir: Path, out_path: Path | None = None) -> dict[str, Any]
     with torch.no_grad():
         adapted = model(images)
         state = {k: v.detach().cpu().contiguous() for k, v in info.merge(model).items()}
-    plain = create_backbone(spec.backbone, spec.weights, row["num_classes"], spec.image_size, spec.seed).model
+    plain = create_backbone(spec.backbone, spec.weights, row["num_classes"], spec.image_size, spec.seed, spec.weights_prefix).model
     result = plain.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         example = (list(result.missing_keys) + list(result.unexpected_keys))[:3]
@@ -75,13 +75,20 @@ def export_merged(run_dir: Path, out_path: Path | None = None) -> dict[str, Any]
         raise UserError(f"the merged model's logits differ from the adapted model's by {diff:.2e} (relative, limit {MAX_REL_DIFF:g}); nothing was written")
     path = Path(out_path) if out_path is not None else Path(f"{row['run_key']}-merged.safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": "timm-state-dict", "backbone": spec.backbone, "num_classes": str(row["num_classes"]), "image_size": str(spec.image_size), "method": info.name, "run_key": row["run_key"]}
+    timm_model = backbone.source_kind == "timm"
+    metadata = {"format": "timm-state-dict" if timm_model else f"medpeft-{backbone.source_kind}-state-dict", "backbone": spec.backbone, "num_classes": str(row["num_classes"]), "image_size": str(spec.image_size), "method": info.name, "run_key": row["run_key"]}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=metadata)
     tmp.replace(path)
     # ViTs are built for their input size (position embeddings); CNNs take any size.
     create_kwargs = f"num_classes={row['num_classes']}" + (f", img_size={spec.image_size}" if backbone.family in ("vit", "hvit") else "")
+    load = f"safetensors.torch.load_file({str(path)!r})"
+    load_hint = (
+        f"timm.create_model({spec.backbone!r}, {create_kwargs}).load_state_dict({load})" if timm_model
+        # transformers and custom backbones carry medpeft's head (models/heads.py): rebuild that shape
+        else f"medpeft_cli.models.create_backbone({spec.backbone!r}, 'random', {row['num_classes']}, {spec.image_size}, 0).model.load_state_dict({load})"
+    )
     return {
-        "path": str(path), "method": info.name, "backbone": spec.backbone, "create_kwargs": create_kwargs,
+        "path": str(path), "method": info.name, "backbone": spec.backbone, "create_kwargs": create_kwargs, "load_hint": load_hint,
         "max_rel_diff": diff, "checked_images": CHECK_IMAGES,
     }  # fmt: skip

@@ -1,4 +1,4 @@
-"""Counting a method's parameters on any timm backbone without its weights (torch's `meta` device).
+"""Counting a method's parameters on any backbone without its weights (torch's `meta` device).
 
 Used by `--param-budget` (to choose a size knob) and by `medpeft methods --count BACKBONE`. Counting
 follows the run's own accounting (methods.common.counted_parameters), so the numbers are the ones a
@@ -16,14 +16,10 @@ from medpeft_cli.methods.registry import MethodInfo, list_methods, validate_opti
 
 
 def meta_backbone(name: str, image_size: int, num_classes: int = 2):
-    """The backbone with shapes only (no memory, no weights, a second for ViT-B)."""
-    import torch
+    """The backbone with shapes only (no memory, no weights, a second for ViT-B); any source (models/sources.py)."""
+    from medpeft_cli.models.backbones import shape_backbone
 
-    from medpeft_cli.models.backbones import Backbone, _create, _head_name, detect_family
-
-    with torch.device("meta"):
-        model = _create(name, num_classes, image_size, pretrained=False)
-    return Backbone(model, name, detect_family(model), _head_name(model), "meta", sum(p.numel() for p in model.parameters()), "")
+    return shape_backbone(name, image_size, num_classes)
 
 
 def copy_backbone(backbone):
@@ -49,13 +45,25 @@ def method_params(info: MethodInfo, backbone, options: dict[str, Any]) -> int:
     return parameter_counts(info, backbone, options)["method_params"]
 
 
-def parameter_table(backbone_name: str, image_size: int, num_classes: int) -> list[dict[str, Any]]:
-    """One row per method that supports the backbone: its default-size counts and % of the backbone."""
-    backbone = meta_backbone(backbone_name, image_size, num_classes)
+def parameter_table(backbone_name: str, image_size: int, num_classes: int, every_method: bool = False) -> list[dict[str, Any]]:
+    """One row per method that supports the backbone: its default-size counts and % of the backbone.
+
+    With `every_method`, methods of other families get a row too ({"method", "error"}). A method that
+    supports the family but cannot find what it needs in this model has an "error" row either way.
+    """
+    return backbone_table(meta_backbone(backbone_name, image_size, num_classes), every_method)
+
+
+def backbone_table(backbone, every_method: bool = False) -> list[dict[str, Any]]:
+    from medpeft_cli.methods.registry import TASK_FAMILIES
+
     base = backbone.num_params - head_params(backbone)
     rows = []
     for info in list_methods("classification"):
         if backbone.family not in info.families:
+            if every_method:
+                supported = ", ".join(f for f in TASK_FAMILIES["classification"] if f in info.families)
+                rows.append({"method": info.name, "error": f"for {supported} backbones (this one is {backbone.family})", "families": supported})
             continue
         try:
             counts = parameter_counts(info, backbone)

@@ -45,8 +45,20 @@ def _parallel(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
     return output + module.adaptmlp(args[0])
 
 
-def _sequential(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+def _sequential(module: nn.Module, args, output):
+    if isinstance(output, tuple):  # transformers attention modules return (output, attention weights)
+        return (output[0] + module.adapter(output[0]), *output[1:])
     return output + module.adapter(output)
+
+
+def _mlp(block, method: str) -> nn.Module:
+    """The block's feed-forward network as one module (the adapter's hook point)."""
+    if block.mlp is None:
+        raise UserError(
+            f"{method} needs each transformer block's feed-forward network as one module (timm/DINOv2 `mlp`); "
+            f"block {block.name} splits it over several modules ({', '.join(n for n, _ in block.mlp_linears)})"
+        )
+    return block.mlp
 
 
 class AdaptFormerOptions(BaseModel):
@@ -74,8 +86,8 @@ def adaptformer(backbone, options: AdaptFormerOptions) -> nn.Module:
     """
     model = backbone.model
     freeze(model)
-    for _, block in transformer_blocks(model):
-        mlp = block.mlp
+    for block in transformer_blocks(model):
+        mlp = _mlp(block, "adaptformer")
         like = next(mlp.parameters())
         mlp.add_module("adaptmlp", Bottleneck(_width(mlp), options.bottleneck, nn.ReLU(), options.scale, options.dropout, like))
         mlp.register_forward_hook(_parallel)
@@ -107,8 +119,8 @@ def adapter(backbone, options: AdapterOptions) -> nn.Module:
     """
     model = backbone.model
     freeze(model)
-    for _, block in transformer_blocks(model):
-        for part in (block.attn, block.mlp):
+    for block in transformer_blocks(model):
+        for part in (block.attn, _mlp(block, "adapter")):
             like = next(part.parameters())
             part.add_module("adapter", Bottleneck(_width(part), options.bottleneck, nn.GELU(), 1.0, 0.0, like))
             part.register_forward_hook(_sequential)

@@ -1,4 +1,4 @@
-"""Helpers shared by methods: freezing, finding layers in timm models, and parameter bookkeeping."""
+"""Helpers shared by methods: freezing, finding layers by kind in any backbone, and parameter bookkeeping."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from medpeft_cli.errors import UserError
+from medpeft_cli.models.tree import Block, conv_stages
+from medpeft_cli.models.tree import transformer_blocks as find_blocks
 
 
 def freeze(model: nn.Module) -> None:
@@ -71,20 +73,30 @@ def channel_dim(module: nn.Module) -> int:
     return -1
 
 
-def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Blocks with an `attn` and an `mlp` child (timm ViT, DeiT, EVA, CLIP, Swin blocks), in order."""
-    blocks = [(name, m) for name, m in model.named_modules() if _child(m, "attn") is not None and _child(m, "mlp") is not None]
+def transformer_blocks(model: nn.Module) -> list[Block]:
+    """The transformer blocks, found by layer kind (an attention module beside a feed-forward network), in order.
+
+    Each has `.name`, `.attn` and `.mlp` (None when the feed-forward network is split over several modules);
+    see models/tree.py. Works for timm (ViT, DeiT, EVA, CLIP, Swin), transformers and custom models.
+    """
+    blocks = find_blocks(model)
     if not blocks:
-        raise UserError(f"{type(model).__name__} has no transformer blocks with `attn` and `mlp` modules; use a timm ViT/DeiT/EVA/Swin backbone")
+        raise UserError(
+            f"{type(model).__name__} has no transformer blocks (a module holding an attention module and a feed-forward "
+            "network of Linear layers); use a ViT-like backbone"
+        )
     return blocks
 
 
 def stage_modules(model: nn.Module) -> list[str]:
-    """Names of the residual stages of a timm CNN (its feature_info modules that hold convolutions)."""
+    """Names of the convolutional (residual) stages of a CNN: timm's feature_info modules that hold
+    convolutions, else the convolution-holding children after the stem (models/tree.py conv_stages)."""
     names = [info["module"] for info in getattr(model, "feature_info", [])]
     stages = [n for n in names if n and any(isinstance(m, nn.Conv2d) for m in model.get_submodule(n).modules())]
     if not stages:
-        raise UserError(f"cannot find the residual stages of {type(model).__name__} (no timm feature_info); use a timm ResNet/ConvNeXt backbone")
+        stages = conv_stages(model)
+    if not stages:
+        raise UserError(f"cannot find the convolutional stages of {type(model).__name__} (after its stem); use a CNN backbone")
     return stages
 
 
@@ -104,11 +116,6 @@ def expose_fused_qkv(model: nn.Module) -> None:
     for module in model.modules():
         if getattr(module, "qkv", None) is not None and getattr(module, "q_bias", None) is not None and hasattr(module, "qkv_bias_separate"):
             module.qkv_bias_separate = True
-
-
-def _child(module: nn.Module, name: str) -> nn.Module | None:
-    child = getattr(module, name, None)
-    return child if isinstance(child, nn.Module) else None
 
 
 def _inside(name: str, prefix: str) -> bool:

@@ -88,10 +88,11 @@ def _add_increment(module: nn.Module, args, output: torch.Tensor) -> torch.Tenso
 
 
 def _block_linears(backbone) -> list[tuple[str, nn.Linear]]:
+    """Every Linear of the blocks' attention and feed-forward networks (the weights FacT adapts)."""
     found = []
-    for name, block in transformer_blocks(backbone.model):
-        for part_name, part in (("attn", block.attn), ("mlp", block.mlp)):
-            found += [(f"{name}.{part_name}.{n}", m) for n, m in part.named_modules() if isinstance(m, nn.Linear)]
+    for block in transformer_blocks(backbone.model):
+        found += [(f"{block.attn_name}.{n}", m) for n, m in block.attn.named_modules() if isinstance(m, nn.Linear)]
+        found += block.mlp_linears
     return found
 
 
@@ -109,8 +110,9 @@ def _fact(backbone, options: FacTOptions, tucker: bool) -> nn.Module:
     model = backbone.model
     freeze(model)
     expose_fused_qkv(model)  # EVA computes qkv with F.linear unless told otherwise
-    width = getattr(model, "embed_dim", None)
     linears = _block_linears(backbone)
+    # the token width d: timm's embed_dim, else the input width of the first attention projection
+    width = getattr(model, "embed_dim", None) or linears[0][1].in_features
     odd = [n for n, m in linears if m.in_features % width or m.out_features % width]
     if odd:
         raise UserError(f"FacT needs every block Linear to be a multiple of the width {width} (d x d slices); {backbone.name}'s {odd[0]} is not (e.g. a SwiGLU MLP)")

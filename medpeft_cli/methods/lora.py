@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from torch import nn
 
 from medpeft_cli.methods.peft_common import linear_targets, peft_merged_state, wrap
@@ -20,11 +23,32 @@ class LoRAOptions(BaseModel):
     targets: list[str] = Field(default_factory=lambda: ["qkv"], min_length=1, description="names (suffixes) of the Linear modules to adapt; q/k/v split a fused qkv")
 
 
-def _lora(backbone, options: LoRAOptions, use_dora: bool) -> nn.Module:
+class LoRAImplOptions(LoRAOptions):
+    """LoRA's options plus how its layers compute (speed only: left out of the run key, config.py)."""
+
+    impl: Literal["auto", "fused", "peft"] = Field(
+        "auto",
+        description="fused: one matmul with W + s·B·A per step and rank-r gradients (methods/fast_lora.py); "
+        "peft: peft's own layer; auto: fused unless dropout > 0. Same function within float rounding",
+    )
+
+    @field_validator("impl")
+    @classmethod
+    def _fused_needs_no_dropout(cls, impl: str, info: ValidationInfo) -> str:
+        if impl == "fused" and info.data.get("dropout", 0) > 0:
+            raise PydanticCustomError("fused_dropout", "'fused' folds the update into one matmul, which dropout on the LoRA branch rules out; use impl=peft (or auto) with dropout > 0")
+        return impl
+
+
+def _lora(backbone, options: LoRAOptions, use_dora: bool, fused: bool = False) -> nn.Module:
     from peft import LoraConfig
 
     targets = linear_targets(backbone, options.targets, "DoRA" if use_dora else "LoRA")
     config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout, target_modules=targets, use_dora=use_dora)
+    if fused:
+        from medpeft_cli.methods.fast_lora import use_fused_layers
+
+        use_fused_layers(config)
     return wrap(backbone, config)
 
 
@@ -35,17 +59,18 @@ def _lora(backbone, options: LoRAOptions, use_dora: bool) -> nn.Module:
     cite="Hu et al.: LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022",
     url="https://arxiv.org/abs/2106.09685",
     default_lr=1e-3,
-    options=LoRAOptions,
+    options=LoRAImplOptions,
     peft_owned=True,
     knob="rank",
     merge=peft_merged_state,
 )
-def lora(backbone, options: LoRAOptions) -> nn.Module:
+def lora(backbone, options: LoRAImplOptions) -> nn.Module:
     """LoRA: a trainable low-rank update W + (alpha/r)·B·A beside frozen Linear weights (B = 0 at init).
 
     Hu et al.: LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022 (https://arxiv.org/abs/2106.09685)
     """
-    return _lora(backbone, options, use_dora=False)
+    fused = options.impl == "fused" or (options.impl == "auto" and options.dropout == 0)
+    return _lora(backbone, options, use_dora=False, fused=fused)
 
 
 @register_method(

@@ -6,21 +6,36 @@ from torch import nn
 
 from medpeft_cli.errors import UserError
 from medpeft_cli.methods.common import expose_fused_qkv
-from medpeft_cli.methods.qkv import fuse_split_qkv_state, resolve_qkv_targets
+from medpeft_cli.methods.qkv import fuse_split_qkv_state, resolve_qkv_targets, role_targets
 
 
-def linear_targets(backbone, targets: list[str], method: str) -> list[str]:
-    """peft `target_modules` for `targets` (suffixes of Linear module names; q/k/v split a fused qkv)."""
+def target_map(backbone, targets: list[str], method: str) -> dict[str, list[str]]:
+    """Each target -> the peft `target_modules` entries it stands for.
+
+    A target is a suffix of Linear module names (timm: qkv, proj, fc1, fc2); q/k/v split a fused qkv. When no
+    Linear has that name, qkv/q/k/v/proj/fc1/fc2 name a role found by layer kind in every transformer block
+    (methods/qkv.py role_targets), given as full module names.
+    """
     model = backbone.model
     expose_fused_qkv(model)  # EVA: route qkv through the module so peft's layer is used
     resolved = resolve_qkv_targets(model, targets)
     linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name]
     linear_names = [n for n in linear_names if not (n == backbone.head_name or n.startswith(backbone.head_name + "."))]
+    found: dict[str, list[str]] = {}
     for target, wanted in zip(targets, resolved):
-        if not any(name == wanted or name.endswith("." + wanted) for name in linear_names):
+        if any(name == wanted or name.endswith("." + wanted) for name in linear_names):
+            found[target] = [wanted]
+            continue
+        found[target] = role_targets(model, target)
+        if not found[target]:
             suffixes = sorted({name.rsplit(".", 1)[-1] for name in linear_names})
             raise UserError(f"{method} target {target!r} matches no Linear module of {backbone.name}; Linear module names include: {', '.join(suffixes)}")
-    return resolved
+    return found
+
+
+def linear_targets(backbone, targets: list[str], method: str) -> list[str]:
+    """peft `target_modules` for `targets` (see target_map)."""
+    return [name for names in target_map(backbone, targets, method).values() for name in names]
 
 
 def wrap(backbone, config) -> nn.Module:

@@ -15,14 +15,14 @@ from torch import nn
 
 from medpeft_cli.errors import UserError
 from medpeft_cli.methods.common import norm_layers
-from medpeft_cli.methods.peft_common import in_features, linear_targets, peft_merged_state, wrap
+from medpeft_cli.methods.peft_common import in_features, linear_targets, peft_merged_state, target_map, wrap
 from medpeft_cli.methods.registry import register_method
 
 TRANSFORMERS = {"vit", "hvit"}
 
 
 def _targets_field(default: list[str]):
-    return Field(default_factory=lambda: list(default), min_length=1, description="names (suffixes) of the Linear modules to adapt; q/k/v split a fused qkv")
+    return Field(default_factory=lambda: list(default), min_length=1, description="names (suffixes) of the Linear modules to adapt; q/k/v split a fused qkv; without such names qkv/q/k/v/proj/fc1/fc2 name their role in each block")
 
 
 class LycorisOptions(BaseModel):
@@ -107,8 +107,9 @@ def ia3(backbone, options: IA3Options) -> nn.Module:
     unknown = set(options.feedforward) - set(options.targets)
     if unknown:
         raise UserError(f"ia3 feedforward modules {sorted(unknown)} must also be in targets {options.targets}")
-    targets = linear_targets(backbone, options.targets, "IA3")
-    feedforward = [resolved for original, resolved in zip(options.targets, targets) if original in options.feedforward]
+    found = target_map(backbone, options.targets, "IA3")
+    targets = [name for names in found.values() for name in names]
+    feedforward = [name for original, names in found.items() if original in options.feedforward for name in names]
     return wrap(backbone, IA3Config(target_modules=targets, feedforward_modules=feedforward))
 
 

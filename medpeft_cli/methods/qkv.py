@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medpeft_cli.models.tree import attention_projections, transformer_blocks
+
 SPLIT_NAMES = ("q", "k", "v")
 
 
@@ -76,3 +78,29 @@ def resolve_qkv_targets(model: nn.Module, targets: list[str]) -> list[str]:
         return list(targets)
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     return [f"{t}_proj" if t in SPLIT_NAMES and f"{t}_proj" in names else t for t in targets]
+
+
+# Target names that stand for a role in every transformer block when no Linear has that name (see models/tree.py):
+# a ViT from transformers (q_proj/k_proj/v_proj) or a custom one (to_q/to_k/to_v, expand/reduce) gets LoRA on
+# `qkv` = its separate q, k and v projections; `fc1`/`fc2` are the first/last Linear of the feed-forward network.
+ROLE_TARGETS = {"qkv": ("q", "k", "v"), "q": ("q",), "k": ("k",), "v": ("v",), "proj": ("out",)}
+FEEDFORWARD_TARGETS = ("fc1", "fc2")
+
+
+def role_targets(model: nn.Module, target: str) -> list[str]:
+    """Full names of the Linear layers playing `target`'s role in every transformer block ([] when some block has none)."""
+    if target not in ROLE_TARGETS and target not in FEEDFORWARD_TARGETS:
+        return []
+    names: list[str] = []
+    for block in transformer_blocks(model):
+        if target in FEEDFORWARD_TARGETS:
+            if len(block.mlp_linears) < 2:
+                return []
+            names.append(block.mlp_linears[0 if target == "fc1" else -1][0])
+            continue
+        roles = attention_projections(block.attn)
+        wanted = ("qkv",) if target == "qkv" and "qkv" in roles else ROLE_TARGETS[target]
+        if not all(r in roles for r in wanted):
+            return []
+        names += [f"{block.attn_name}.{roles[r]}" for r in wanted]
+    return names

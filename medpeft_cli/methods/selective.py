@@ -10,6 +10,7 @@ from torch import nn
 from medpeft_cli.errors import UserError
 from medpeft_cli.methods.common import freeze, norm_layers, plain_state, train_head, transformer_blocks
 from medpeft_cli.methods.registry import register_method
+from medpeft_cli.models.tree import position_embeddings
 
 
 def _is_bias(name: str) -> bool:
@@ -104,12 +105,10 @@ def attention(backbone, options) -> nn.Module:
     """
     model = backbone.model
     freeze(model)
-    for _, block in transformer_blocks(model):
+    for block in transformer_blocks(model):
         for param in block.attn.parameters():
             param.requires_grad_(True)
-    for name in ("pos_embed", "absolute_pos_embed"):
-        param = getattr(model, name, None)
-        if isinstance(param, nn.Parameter):
-            param.requires_grad_(True)
+    for _, param in position_embeddings(model):  # timm pos_embed, transformers position_embeddings, ...
+        param.requires_grad_(True)
     train_head(model, backbone.head_name)
     return model

@@ -67,6 +67,11 @@ def _after_last_block(block: nn.Module, args, kwargs, output: torch.Tensor) -> t
 def _prompt(backbone, options: VPTOptions, deep: bool) -> nn.Module:
     model = backbone.model
     blocks = getattr(model, "blocks", None)
+    if blocks is None or not hasattr(model, "patch_embed"):
+        raise UserError(
+            f"VPT inserts prompt tokens after the class token of a timm-style ViT (`patch_embed`, `pos_embed`, `blocks`); "
+            f"{backbone.name} has no such layout, so where its prompts go is unknown (use lora/ssf/adaptformer)"
+        )
     if getattr(model, "rope", None) is not None or not isinstance(getattr(model, "pos_embed", None), nn.Parameter):
         raise UserError(f"VPT needs a ViT with absolute position embeddings; {backbone.name} uses relative/rotary positions, which prompts cannot join (use lora/ssf/adaptformer)")
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:

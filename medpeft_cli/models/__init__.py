@@ -1,5 +1,14 @@
-"""Backbones: timm models with random, hub or local-file weights."""
+"""Backbones from any source: timm names, transformers vision models, custom factories (docs/backbones.md).
 
-from medpeft_cli.models.backbones import Backbone, create_backbone, detect_family
+Attributes are loaded lazily: `medpeft_cli.models.sources` parses backbone strings without importing torch.
+"""
 
-__all__ = ["Backbone", "create_backbone", "detect_family"]
+__all__ = ["Backbone", "create_backbone", "detect_family", "shape_backbone"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from medpeft_cli.models import backbones
+
+        return getattr(backbones, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,22 +1,29 @@
-"""Create a classification backbone and say exactly which weights it holds.
+"""Create a classification backbone from any source and say exactly what it holds.
 
-`weights` is 'random' (random init, seeded), 'pretrained' (timm's default pretrained tag, from the
-Hugging Face hub or its local cache) or a path to a local weights file. A request for pretrained
-weights that cannot be met is an error, never a silent fall back to random weights.
+The backbone string names a timm model, a transformers vision model or a custom factory
+(models/sources.py); each kind is built by its own module (timm_source, transformers_source,
+custom_source). Whatever the source, the rest of medpeft sees one shape: forward(images) -> logits, with a
+named head for this dataset's classes. `weights` is 'random' (seeded), 'pretrained' (the source's own
+weights: timm's pretrained tag, the transformers checkpoint) or a local weights file.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from medpeft_cli.errors import UserError
+from medpeft_cli.models.family import detect_family
+from medpeft_cli.models.sources import CUSTOM, TIMM, TRANSFORMERS, parse_backbone
+from medpeft_cli.models.timm_source import create as _create
+from medpeft_cli.models.timm_source import head_name as _head_name
+from medpeft_cli.models.weights import WEIGHT_SUFFIXES, is_weights_file, load_state_dict_file
 
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+__all__ = ["Backbone", "create_backbone", "shape_backbone", "detect_family", "load_state_dict_file", "WEIGHT_SUFFIXES", "_create", "_head_name"]
 
 
 @dataclass
@@ -25,77 +32,11 @@ class Backbone:
     name: str
     family: str  # "vit", "hvit", "cnn" or "other": decides which methods apply and their defaults
     head_name: str  # dotted module name of the classifier, trained by every method
-    weights_source: str  # exactly what was loaded: "random-init (seed N)", "hf-hub:<id>", "file:<path> sha256:<hex>"
+    weights_source: str  # exactly what was loaded: "random-init (seed N)", "hf-hub:<id>", "file:<path> sha256:<hex>", ...
     num_params: int
     checksum: str  # sha256 of the initial state dict, checked again when a saved run is re-scored
-
-
-def detect_family(model: nn.Module) -> str:
-    """'vit' for a plain ViT (attention blocks over one token sequence: ViT, DeiT, EVA, CLIP), 'hvit' for
-    hierarchical/windowed transformers (Swin, ...), 'cnn' if built from convolutions, else 'other'
-    (including conv-attention hybrids such as MaxViT and CoAtNet).
-    """
-    names = {type(m).__name__.lower() for m in model.modules()}
-    if any("attention" in n or n == "attn" for n in names):
-        # Token-sequence methods (VPT, FacT) need one `blocks` sequence after a patch embedding.
-        if isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)) and hasattr(model, "patch_embed"):
-            return "vit"
-        # Conv-attention hybrids mix BatchNorm conv blocks with attention; transformer methods do not fit them.
-        hybrid = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        return "other" if hybrid else "hvit"
-    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-    return "cnn" if convs > 1 else "other"
-
-
-def _head_name(model: nn.Module) -> str:
-    name = getattr(model, "pretrained_cfg", {}).get("classifier")
-    if isinstance(name, (tuple, list)):  # e.g. distilled DeiT: a class head and a distillation head
-        raise UserError(f"{type(model).__name__} has several classification heads ({', '.join(name)}); use a single-head variant (e.g. deit_*_patch16_224, not *_distilled_*)")
-    if name:
-        return name
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
-    for module_name, module in model.named_modules():
-        if module is classifier:
-            return module_name
-    raise UserError(f"cannot find the classification head of {type(model).__name__}; use a timm classification model")
-
-
-def _create(name: str, num_classes: int, image_size: int, pretrained: bool) -> nn.Module:
-    import timm
-
-    if not timm.is_model(name.split(".")[0]) and not name.startswith("hf-hub:"):
-        close = timm.list_models(f"*{name.split('.')[0][:8]}*")[:5]
-        hint = f" (similar: {', '.join(close)})" if close else ""
-        raise UserError(f"unknown backbone {name!r}{hint}; `python -c \"import timm; print(timm.list_models())\"` lists timm names")
-    kwargs = {"num_classes": num_classes, "pretrained": pretrained}
-    try:
-        # ViT-like models take the input size (position embeddings are resampled); CNNs do not.
-        return timm.create_model(name, img_size=image_size, **kwargs)
-    except TypeError as exc:
-        if "img_size" not in str(exc):
-            raise
-        return timm.create_model(name, **kwargs)
-
-
-def _create_pretrained(name: str, num_classes: int, image_size: int) -> nn.Module:
-    import logging
-
-    hub_logger = logging.getLogger("huggingface_hub")
-    level = hub_logger.level
-    hub_logger.setLevel(logging.ERROR)  # its retry messages would bury our one-line error
-    try:
-        return _create(name, num_classes, image_size, pretrained=True)
-    except UserError:
-        raise
-    except Exception as exc:
-        offline = "LocalEntryNotFound" in type(exc).__name__ or "connect" in str(exc).lower()
-        reason = "not in the local Hugging Face cache and the hub is unreachable" if offline else f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-        raise UserError(
-            f"could not load pretrained weights for {name} ({reason}); fetch them once on a machine with network access "
-            "(they are cached in ~/.cache/huggingface), or pass --weights FILE, or --weights random for random init"
-        ) from None
-    finally:
-        hub_logger.setLevel(level)
+    source_kind: str = TIMM  # timm, transformers or custom
+    provenance: dict = field(default_factory=dict)  # extra row fields of the source (e.g. transformers_version)
 
 
 def _state_checksum(model: nn.Module) -> str:
@@ -106,84 +47,68 @@ def _state_checksum(model: nn.Module) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _module_of(kind: str):
+    from medpeft_cli.models import custom_source, timm_source, transformers_source
+
+    return {TIMM: timm_source, TRANSFORMERS: transformers_source, CUSTOM: custom_source}[kind]
 
 
-def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a weights file safely: safetensors, or torch files with weights_only=True (no pickled code)."""
-    if not path.is_file():
-        raise UserError(f"weights file {path} does not exist; pass an existing .safetensors/.pth file, 'pretrained' or 'random'")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def create_backbone(name: str, weights: str, num_classes: int, image_size: int, seed: int, weights_prefix: str | None = None) -> Backbone:
+    """Build the backbone with a fresh `num_classes` head; random init is seeded by `seed`.
 
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise UserError(f"weights file {path} is not a valid safetensors file ({exc}); re-export it") from None
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(
-            f"refusing to load {path}: it is not a plain tensor checkpoint loadable with weights_only=True "
-            f"({type(exc).__name__}); re-save it as a state dict (torch.save(model.state_dict(), ...)) or as .safetensors"
-        ) from None
-    for wrapper in ("state_dict", "model", "module"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"weights file {path} does not hold a state dict of tensors; save model.state_dict()")
-    return state
-
-
-def _load_local_weights(model: nn.Module, path: Path, head_name: str) -> None:
-    state = load_state_dict_file(path)
-    for prefix in ("module.", "model."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    own = model.state_dict()
-    # The head is re-initialised for this dataset's classes when its shape differs.
-    state = {k: v for k, v in state.items() if not (k.startswith(head_name + ".") and k in own and own[k].shape != v.shape)}
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    result = model.load_state_dict({k: v for k, v in state.items() if k not in mismatched}, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(head_name + ".")]
-    if missing or result.unexpected_keys or mismatched:
-        example = (missing + list(result.unexpected_keys) + mismatched)[:3]
-        raise UserError(
-            f"weights file {path} does not fit backbone {type(model).__name__}: {len(missing)} missing, "
-            f"{len(result.unexpected_keys)} unexpected, {len(mismatched)} wrong-shape keys (e.g. {', '.join(example)}); "
-            "check the backbone name matches the checkpoint's architecture"
-        )
-
-
-def create_backbone(name: str, weights: str, num_classes: int, image_size: int, seed: int) -> Backbone:
-    """Build the backbone with a fresh `num_classes` head; random init is seeded by `seed`."""
-    torch.manual_seed(seed)
-    if weights == "random":
-        model = _create(name, num_classes, image_size, pretrained=False)
-        source = f"random-init (seed {seed})"
-    elif weights == "pretrained":
-        model = _create_pretrained(name, num_classes, image_size)
-        cfg = model.pretrained_cfg
-        source = f"hf-hub:{cfg.get('hf_hub_id') or name}" + (f" tag={cfg['tag']}" if cfg.get("tag") else "")
-    elif Path(weights).suffix in WEIGHT_SUFFIXES:
-        path = Path(weights).expanduser().resolve()
-        model = _create(name, num_classes, image_size, pretrained=False)
-        _load_local_weights(model, path, _head_name(model))
-        source = f"file:{path} sha256:{_file_sha256(path)}"
-    else:
+    `weights_prefix`: take only the weights file's keys under this prefix (without it).
+    """
+    if weights not in ("random", "pretrained") and not is_weights_file(weights):
         raise UserError(f"weights {weights!r} not understood; use 'random', 'pretrained' or a path to a {'/'.join(WEIGHT_SUFFIXES)} file")
+    if weights_prefix and not is_weights_file(weights):
+        raise UserError(f"weights_prefix {weights_prefix!r} applies to a local weights file; pass --weights FILE or drop --weights-prefix")
+    source = parse_backbone(name)
+    torch.manual_seed(seed)
+    if source.kind == TIMM:
+        from medpeft_cli.models import timm_source
+
+        model, head, described = timm_source.build(name, weights, num_classes, image_size, seed, weights_prefix)
+        extra = {}
+    else:
+        module = _module_of(source.kind)
+        model, head, described = module.build(source, weights, num_classes, image_size, seed, weights_prefix)
+        extra = module.provenance() if hasattr(module, "provenance") else {}
     model.eval()
     return Backbone(
         model=model,
         name=name,
         family=detect_family(model),
-        head_name=_head_name(model),
-        weights_source=source,
+        head_name=head,
+        weights_source=described,
         num_params=sum(p.numel() for p in model.parameters()),
         checksum=_state_checksum(model),
+        source_kind=source.kind,
+        provenance=extra,
+    )
+
+
+def shape_backbone(name: str, image_size: int, num_classes: int = 2) -> Backbone:
+    """The backbone with shapes only (torch's meta device: no memory, no weights, a second for ViT-B).
+
+    Enough to detect its family and count parameters; hub models still need their config (cache or hub).
+    """
+    source = parse_backbone(name)
+    if source.kind == CUSTOM:  # builds on the meta device itself, with a fallback for factories that cannot
+        model, head = _module_of(CUSTOM).shape(source, num_classes, image_size)
+    else:
+        with torch.device("meta"):
+            if source.kind == TIMM:
+                from medpeft_cli.models import timm_source
+
+                model, head = timm_source.shape(name, num_classes, image_size)
+            else:
+                model, head = _module_of(source.kind).shape(source, num_classes, image_size)
+    return Backbone(model, name, detect_family(model), head, "meta", sum(p.numel() for p in model.parameters()), "", source.kind)
+
+
+def describe_source(name: str) -> str:
+    """A few words on what kind of source `name` is, for listings."""
+    source = parse_backbone(name)
+    return {TIMM: "timm model", TRANSFORMERS: "transformers model", CUSTOM: "custom factory"}[source.kind] + (
+        f" ({Path(source.target).name if source.local else source.target})" if source.kind != TIMM else ""
     )

@@ -83,6 +83,7 @@ COLUMNS: dict[str, str] = {
     "dataset_source": "VARCHAR",
     "weights_source": "VARCHAR",
     "backbone_checksum": "VARCHAR",
+    "backbone_source": "VARCHAR",  # timm | transformers | custom: which kind of source --backbone named (issue 9)
     "started_at": "VARCHAR",
     "finished_at": "VARCHAR",
     "status_detail": "VARCHAR",  # why a run is not 'ok' (e.g. 'diverged': where the loss became NaN/Inf) (issue 8)

@@ -238,11 +238,25 @@ def tune(
     out.print(table)
 
 
-def prefetch(grid: GridArg) -> None:
-    """Download every dataset and pretrained backbone a grid needs (run it where there is internet access)."""
+def prefetch(
+    grid: Annotated[Optional[Path], typer.Argument(help="A grid file or manifest whose datasets and backbones to fetch.")] = None,
+    backbone: Annotated[Optional[list[str]], typer.Option("--backbone", help="Fetch this backbone into the HF cache (timm name, hf-hub:org/name, transformers:org/name); repeatable.")] = None,
+    weights: Annotated[str, typer.Option(help="With --backbone: 'pretrained' (the weights) or 'random' (only what the architecture needs).")] = "pretrained",
+    image_size: Annotated[int, typer.Option(help="With --backbone: input size the model is built at while fetching.")] = 224,
+) -> None:
+    """Download every dataset and pretrained backbone a grid needs, or the backbones named (run it where there is internet access)."""
     from medpeft_cli.sweep.manifest import load_plan
     from medpeft_cli.sweep.prefetch import prefetch as fetch
 
+    if backbone:
+        from medpeft_cli.sweep.prefetch import prefetch_backbones
+
+        done = prefetch_backbones(backbone, weights, image_size, echo=out.print)
+        out.print(f"{len(done)} backbone(s) ready; runs can now load them with HF_HUB_OFFLINE=1")
+        if grid is None:
+            return
+    if grid is None:
+        raise UserError("give a grid file (medpeft prefetch GRID) or --backbone SPEC")
     manifest = load_plan(grid)
     done = fetch(manifest, echo=out.print)
     out.print(f"{len(done)} item(s) ready; compute nodes can now run this grid with HF_HUB_OFFLINE=1")

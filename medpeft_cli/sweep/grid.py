@@ -317,21 +317,19 @@ def check_backbone_support(points: list[GridPoint]) -> None:
 
     Fails with one line naming the unsupported pairs and the exclusion that removes them.
     """
-    import torch
-
     from medpeft_cli.methods import get_method
-    from medpeft_cli.models.backbones import _create, detect_family
+    from medpeft_cli.models.backbones import shape_backbone
+    from medpeft_cli.models.sources import parse_backbone
 
     families: dict[tuple[str, int], str] = {}
     bad: dict[tuple[str, str, str], int] = {}  # (method, backbone, family) -> number of runs
     for point in points:
         spec = point.spec
-        if spec.backbone.startswith("hf-hub:"):
-            continue  # needs the hub to build; checked when the run starts
+        if parse_backbone(spec.backbone).needs_hub:
+            continue  # hf-hub: / transformers hub ids need the hub to build; checked when the run starts
         size_key = (spec.backbone, spec.image_size)
         if size_key not in families:
-            with torch.device("meta"):
-                families[size_key] = detect_family(_create(spec.backbone, 2, spec.image_size, pretrained=False))
+            families[size_key] = shape_backbone(spec.backbone, spec.image_size).family
         family = families[size_key]
         if family not in get_method(spec.method.name).families:
             pair = (spec.method.name, spec.backbone, family)

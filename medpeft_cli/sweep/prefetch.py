@@ -15,6 +15,7 @@ from pathlib import Path
 
 from medpeft_cli.config import RunSpec
 from medpeft_cli.errors import UserError
+from medpeft_cli.models.sources import parse_backbone
 from medpeft_cli.sweep.manifest import Manifest
 
 
@@ -22,7 +23,7 @@ from medpeft_cli.sweep.manifest import Manifest
 class Need:
     kind: str  # "dataset" or "backbone"
     name: str
-    detail: tuple  # dataset: (data_dir, resolution); backbone: (weights, image_size)
+    detail: tuple  # dataset: (data_dir, resolution); backbone: (weights, image_size, weights_prefix)
 
     def label(self) -> str:
         if self.kind == "dataset":
@@ -38,8 +39,9 @@ def needs(manifest: Manifest) -> list[Need]:
     for spec in specs:
         data_dir = str(spec.output.data_dir) if spec.output.data_dir else None
         found[Need("dataset", spec.dataset, (data_dir, spec.data_resolution))] = None
-        if spec.weights != "random":
-            found[Need("backbone", spec.backbone, (spec.weights, spec.image_size))] = None
+        if spec.weights != "random" or (spec.task == "classification" and parse_backbone(spec.backbone).needs_hub):
+            # hf-hub: and transformers hub ids need the hub (or its cache) even for their config
+            found[Need("backbone", spec.backbone, (spec.weights, spec.image_size, spec.weights_prefix))] = None
     return list(found)
 
 
@@ -52,8 +54,27 @@ def _load(need: Need, download: bool) -> str:
         return load_dataset(need.name, Path(data_dir) if data_dir else None, download=download, resolution=resolution).source
     from medpeft_cli.models import create_backbone
 
-    weights, image_size = need.detail
-    return create_backbone(need.name, weights, 2, image_size, 0).weights_source
+    weights, image_size, prefix = need.detail
+    return create_backbone(need.name, weights, 2, image_size, 0, prefix).weights_source
+
+
+def prefetch_backbones(specs: list[str], weights: str, image_size: int, echo: Callable[[str], None] = print) -> list[tuple[Need, str]]:
+    """`medpeft prefetch --backbone SPEC`: bring hub backbones (timm names, hf-hub:, transformers:<id>) into the local cache."""
+    from medpeft_cli.models.hub import offline
+
+    if offline():
+        raise UserError("prefetch needs the network but HF_HUB_OFFLINE/MEDPEFT_OFFLINE is set; unset it on a machine with internet access")
+    done = []
+    for spec in specs:
+        source = parse_backbone(spec)
+        if not source.needs_hub and (weights != "pretrained" or source.kind != "timm"):
+            echo(f"nothing to fetch for {spec}: it is read from local files")
+            continue
+        need = Need("backbone", spec, (weights, image_size, None))
+        found = _load(need, download=True)
+        echo(f"ready: {need.label()} ({found})")
+        done.append((need, found))
+    return done
 
 
 def prefetch(manifest: Manifest, echo: Callable[[str], None] = print) -> list[tuple[Need, str]]:

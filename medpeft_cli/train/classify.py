@@ -12,6 +12,7 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,8 @@ from medpeft_cli.train.resume import Checkpointer, Preempted, StopFlag, frozen_f
 
 # How often (optimizer steps) the loop looks for a NaN/Inf loss inside an epoch: each look waits for the device.
 DIVERGENCE_CHECK_STEPS = 20
+# torch.compile backend for `train.compile` (tests swap in "eager" to exercise the path without inductor's minutes).
+COMPILE_BACKEND = "inductor"
 
 
 @dataclass
@@ -90,6 +93,98 @@ def predict(model: nn.Module, loader, transform: InputTransform, accelerator: Ac
     return Predictions(indices[first], labels.cpu()[first], probs.cpu()[first])
 
 
+def resolve_mixed_precision(precision: str) -> str:
+    """TrainOptions.precision -> Accelerate's mixed_precision: "auto" is bf16 (fp16 where bf16 is missing) on a GPU, fp32 on CPU."""
+    if precision == "fp32":
+        return "no"
+    if precision == "auto":
+        if not torch.cuda.is_available():
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def make_accelerator(options: TrainOptions) -> Accelerator:
+    """The Accelerator `medpeft train` runs under.
+
+    split_batches: batch_size is the global batch, split over the processes, so N processes train the
+    same steps as one and the run key means the same experiment at any world size. non_blocking (with
+    the loaders' pinned memory on a GPU): the next batch's copy to the device does not wait for the
+    step that is still running there.
+    """
+    from accelerate.utils import DataLoaderConfiguration
+
+    return Accelerator(
+        mixed_precision=resolve_mixed_precision(options.precision), gradient_accumulation_steps=options.grad_accum_steps,
+        dataloader_config=DataLoaderConfiguration(split_batches=True, non_blocking=True),
+    )  # fmt: skip
+
+
+def make_optimizer(model: nn.Module, lr: float, options: TrainOptions, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; on a GPU the fused kernel (one launch for all parameters)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=options.weight_decay, fused=True if device.type == "cuda" else None)
+
+
+@dataclass
+class TrainStep:
+    """One training step of `fit`: forward, loss, backward, AdamW and the schedule (under gradient accumulation).
+
+    The epoch's loss sum and the NaN/Inf flag stay on the device, so a step never waits for it; `fit`
+    reads them every DIVERGENCE_CHECK_STEPS steps and at the end of the epoch (benchmarks/train_step.py
+    times `fit` with it against a minimal hand-written loop).
+    """
+
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    accelerator: Accelerator
+    transform: InputTransform
+    loss_weight: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.accelerator.device)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.accelerator.device)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        accelerator = self.accelerator
+        with accelerator.accumulate(self.model):
+            logits = self.model(self.transform(images))
+            loss = F.cross_entropy(logits.float(), labels, weight=self.loss_weight)
+            accelerator.backward(loss)  # divides by the accumulation steps; scales the loss under fp16
+            if accelerator.sync_gradients:
+                if accelerator.scaler is not None:  # fp16: skips the step when gradients overflowed
+                    accelerator.scaler.step(self.optimizer)
+                    accelerator.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        loss = loss.detach()
+        self.loss_sum += loss * len(labels)
+        self.nonfinite |= ~torch.isfinite(loss)
+
+
+def prepare_training(model: nn.Module, loaders: dict, options: TrainOptions, lr: float, accelerator: Accelerator):
+    """Optimizer, Accelerate-prepared model and loaders, and the warm-up + cosine schedule of `fit`.
+
+    Returns (model, optimizer, scheduler, train_loader, val_loader, test_loader). The optimizer is the
+    plain torch one: Accelerate's wrapper adds nothing medpeft uses (TrainStep gates the step on
+    `sync_gradients` and applies the fp16 scaler itself) but costs two package look-ups on the file system
+    in every step (accelerate 1.15 `AcceleratedOptimizer.step` calls `is_lomo_available()` twice).
+    """
+    if options.compile:
+        # In place (nn.Module.compile): module, parameter and state-dict names stay those of the plain model,
+        # so checkpoints, resume and saved adapters are unchanged.
+        model.compile(backend=COMPILE_BACKEND)
+    model, train_loader, val_loader, test_loader = accelerator.prepare(model, loaders["train"], loaders["val"], loaders["test"])
+    optimizer = make_optimizer(model, lr, options, accelerator.device)  # the parameters are on the device now
+    steps_per_epoch = math.ceil(len(train_loader) / options.grad_accum_steps)
+    # Stepped by hand (not through accelerator.prepare, which would step it once per process).
+    scheduler = make_scheduler(optimizer, steps_per_epoch * options.epochs, round(options.warmup_epochs * steps_per_epoch))
+    return model, optimizer, scheduler, train_loader, val_loader, test_loader
+
+
 def _peak_memory(accelerator: Accelerator) -> tuple[float, str]:
     if accelerator.device.type == "cuda":
         return torch.cuda.max_memory_allocated(accelerator.device) / 2**20, "cuda-max-allocated"
@@ -122,17 +217,9 @@ def fit(
     stop = stop or StopFlag()
     # The shuffling generator: its state at the start of an epoch fixes that epoch's batches.
     data_generator = loaders["train"].sampler.generator
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=options.weight_decay)
-    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
-        model, optimizer, loaders["train"], loaders["val"], loaders["test"]
-    )
-    steps_per_epoch = math.ceil(len(train_loader) / options.grad_accum_steps)
-    total_steps = steps_per_epoch * options.epochs
-    # Stepped by hand (not through accelerator.prepare, which would step it once per process).
-    scheduler = make_scheduler(optimizer, total_steps, round(options.warmup_epochs * steps_per_epoch))
-
+    model, optimizer, scheduler, train_loader, val_loader, test_loader = prepare_training(model, loaders, options, lr, accelerator)
     loss_weight = class_weights.to(accelerator.device) if class_weights is not None else None
+    train_step = TrainStep(model, optimizer, scheduler, accelerator, transform, loss_weight)
     best_f1, best_epoch, best_state = -1.0, 0, None
     history, val_metrics = [], {}
     images_seen, train_seconds = 0, 0.0
@@ -177,14 +264,13 @@ def fit(
         accelerator.wait_for_everyone()
 
     diverged = ""
-    nonfinite = torch.zeros((), dtype=torch.bool, device=accelerator.device)
     for epoch in range(start_epoch, options.epochs + 1):
         model.train()
-        loss_sum = torch.zeros((), device=accelerator.device)
+        train_step.loss_sum = torch.zeros((), device=accelerator.device)
         epoch_images, seconds_before = 0, 0.0
         epoch_generator = data_generator.get_state()
         if resume is not None and epoch == start_epoch:
-            loss_sum = resume["loss_sum"].to(accelerator.device)
+            train_step.loss_sum = resume["loss_sum"].to(accelerator.device)
             epoch_images, seconds_before = resume["epoch_images"], resume["epoch_seconds"]
             if skip_steps == 0:
                 restore_rng(resume["rng"])
@@ -196,22 +282,13 @@ def fit(
                 if step == skip_steps:
                     restore_rng(resume["rng"])
                 continue
-            with accelerator.accumulate(model):
-                logits = model(transform(images))
-                loss = F.cross_entropy(logits.float(), labels, weight=loss_weight)
-                accelerator.backward(loss)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach() * len(labels)  # no host sync inside the step loop
-            nonfinite |= ~torch.isfinite(loss.detach())
+            train_step(images, labels)  # no host sync inside the step loop
             epoch_images += len(labels)
             on_step(len(labels))
             if accelerator.sync_gradients and any_process(stop.requested):
-                save(epoch, step, epoch_generator, loss_sum, epoch_images, seconds_before + time.perf_counter() - start)
+                save(epoch, step, epoch_generator, train_step.loss_sum, epoch_images, seconds_before + time.perf_counter() - start)
                 raise Preempted(f"{stop.reason}: stopped in epoch {epoch} after step {step}")
-            if step % DIVERGENCE_CHECK_STEPS == 0 and any_process(nonfinite):
+            if step % DIVERGENCE_CHECK_STEPS == 0 and any_process(train_step.nonfinite):
                 diverged = f"training loss became NaN/Inf in epoch {epoch} (by step {step})"
                 break
         skip_steps = 0
@@ -223,7 +300,7 @@ def fit(
         images_seen += epoch_images
         train_seconds += seconds
 
-        totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(epoch_images), device=accelerator.device)]), "sum")
+        totals = accelerator.reduce(torch.stack([train_step.loss_sum, torch.tensor(float(epoch_images), device=accelerator.device)]), "sum")
         train_loss = float(totals[0] / totals[1])
         if not math.isfinite(train_loss):
             diverged = f"training loss became {train_loss} in epoch {epoch}"

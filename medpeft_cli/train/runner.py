@@ -69,15 +69,9 @@ def _fit_param_budget(spec: RunSpec, info: MethodInfo) -> Any:
 
 
 def _mixed_precision(precision: str) -> str:
-    import torch
+    from medpeft_cli.train.classify import resolve_mixed_precision
 
-    if precision == "fp32":
-        return "no"
-    if precision == "auto":
-        if not torch.cuda.is_available():
-            return "no"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
+    return resolve_mixed_precision(precision)
 
 
 def _device_name(accelerator) -> str:
@@ -167,8 +161,7 @@ def _train(spec: RunSpec, force: bool, progress, lr_origin: dict[str, Any] | Non
 
     import numpy as np
     import torch
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from accelerate.utils import set_seed
 
     from medpeft_cli.data import load_dataset, stratified_subset
     from medpeft_cli.data.sampling import few_shot_subset
@@ -177,7 +170,7 @@ def _train(spec: RunSpec, force: bool, progress, lr_origin: dict[str, Any] | Non
     from medpeft_cli.store.provenance import collect
     from medpeft_cli.train.batches import InputTransform, make_loader
     from medpeft_cli.train.checkpoint import save_weights
-    from medpeft_cli.train.classify import fit
+    from medpeft_cli.train.classify import fit, make_accelerator
 
     # Refuse a method/backbone pair before any data is loaded (a shape-only model says the family).
     check_supported(info, meta_backbone(spec.backbone, spec.image_size).family, spec.backbone)
@@ -196,7 +189,7 @@ def _train(spec: RunSpec, force: bool, progress, lr_origin: dict[str, Any] | Non
         names = ", ".join(data.class_names[i] for i in missing)
         raise UserError(f"the training subset of {spec.dataset} has no images of class(es) {names}; use a larger --data-fraction")
 
-    backbone = create_backbone(spec.backbone, spec.weights, data.num_classes, spec.image_size, spec.seed)
+    backbone = create_backbone(spec.backbone, spec.weights, data.num_classes, spec.image_size, spec.seed, spec.weights_prefix)
     check_supported(info, backbone.family, spec.backbone)
     head_params = sum(p.numel() for p in backbone.model.get_submodule(backbone.head_name).parameters())
     model = info.apply(backbone, options)
@@ -206,12 +199,7 @@ def _train(spec: RunSpec, force: bool, progress, lr_origin: dict[str, Any] | Non
 
         counts["param_budget"] = parse_budget(spec.param_budget, counts["backbone_params"])  # achieved: method_params
 
-    # split_batches: batch_size is the global batch, split over the processes, so N processes train
-    # the same steps as one and the run key means the same experiment at any world size.
-    accelerator = Accelerator(
-        mixed_precision=_mixed_precision(spec.train.precision), gradient_accumulation_steps=spec.train.grad_accum_steps,
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
-    )  # fmt: skip
+    accelerator = make_accelerator(spec.train)  # split batches over processes, non-blocking copies to the device
     _check_world(accelerator, spec)
     from medpeft_cli.store.locks import run_lock
     from medpeft_cli.store.rundir import failure_recorded
@@ -334,6 +322,8 @@ def _train(spec: RunSpec, force: bool, progress, lr_origin: dict[str, Any] | Non
         "dataset_source": data.source,
         "weights_source": backbone.weights_source,
         "backbone_checksum": backbone.checksum,
+        "backbone_source": backbone.source_kind,
+        **backbone.provenance,  # e.g. transformers_version for a transformers backbone
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": finished.isoformat(timespec="seconds"),
     }

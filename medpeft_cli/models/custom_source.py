@@ -1,0 +1,118 @@
+"""Custom architectures: `--backbone path/to/file.py:factory` or `package.module:factory` (docs/backbones.md).
+
+The factory is called with no arguments (or `image_size=<px>` when it has that parameter) and returns an
+nn.Module that maps (B, 3, H, W) images to logits or features. One forward pass on the meta device says
+which: if the output is the output of a Linear named head/fc/classifier (or timm's get_classifier()),
+that Linear is replaced for this dataset's classes; otherwise the output is features ((B, C), or a
+(B, C, H, W) map that is averaged) and medpeft adds a Linear `head`. Weights come from `--weights FILE`
+('random': the factory's own seeded init); the factory should not load weights itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medpeft_cli.errors import UserError
+from medpeft_cli.models.heads import FeatureClassifier, probe, replace_classifier
+from medpeft_cli.models.sources import BackboneSource, code_identity
+from medpeft_cli.models.weights import describe_file, load_checked, load_state_dict_file, select_prefix
+
+
+def _module(source: BackboneSource):
+    """Import the factory's module (a file is run with its own folder on sys.path, for its sibling imports)."""
+    try:
+        if not source.local:
+            return importlib.import_module(source.target)
+        path = Path(source.target)
+        spec = importlib.util.spec_from_file_location(f"medpeft_custom_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(path.parent))
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(path.parent))
+        return module
+    except Exception as exc:
+        raise UserError(f"cannot import the custom backbone {source.spec} ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+
+
+def _call(source: BackboneSource, image_size: int, meta: bool = False) -> nn.Module:
+    """The factory's module; with `meta`, built on the meta device and a factory error is raised as it is."""
+    factory = getattr(_module(source), source.factory, None)
+    if not callable(factory):
+        raise UserError(f"{source.spec}: the module has no function {source.factory!r}; write --backbone FILE.py:FUNCTION")
+    params = inspect.signature(factory).parameters
+    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "image_size"]
+    if required:
+        raise UserError(f"custom backbone factory {source.factory} must be callable without arguments (it requires {', '.join(required)}); give them defaults")
+    kwargs = {"image_size": image_size} if "image_size" in params else {}
+    if meta:
+        with torch.device("meta"):
+            return _checked(source, factory(**kwargs))
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        raise UserError(f"custom backbone factory {source.spec} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    return _checked(source, model)
+
+
+def _checked(source: BackboneSource, model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise UserError(f"custom backbone factory {source.spec} returned a {type(model).__name__}; it must return a torch.nn.Module")
+    return model
+
+
+def _plan(source: BackboneSource, image_size: int) -> dict:
+    """How the factory's module makes its output (see heads.probe), found on the meta device (no memory)."""
+    try:
+        return probe(_call(source, image_size, meta=True), image_size)
+    except Exception:  # e.g. an operation without a meta implementation: probe a real copy (shapes only)
+        with torch.random.fork_rng(devices=[]):
+            return probe(_call(source, image_size), image_size)
+
+
+def _attach_head(module: nn.Module, plan: dict, num_classes: int) -> tuple[nn.Module, str]:
+    if plan["classifier"] is not None:
+        replace_classifier(module, plan["linear"], num_classes)
+        return module, plan["classifier"]
+    return FeatureClassifier(module, plan["width"], num_classes), "head"
+
+
+def build(source: BackboneSource, weights: str, num_classes: int, image_size: int, seed: int, prefix: str | None):
+    """(model, head name, weights source) of a custom backbone."""
+    if weights == "pretrained":
+        raise UserError("a custom backbone has no pretrained weights of its own; pass --weights path/to/weights.safetensors (or .pth), or --weights random")
+    plan = _plan(source, image_size)
+    code = f"{source.label} code {code_identity(source.spec)}"
+    if weights == "random":
+        module = _call(source, image_size)
+        model, head = _attach_head(module, plan, num_classes)
+        return model, head, f"{code}; random-init (seed {seed})"
+    path = Path(weights).expanduser().resolve()
+    state = load_state_dict_file(path)
+    module = _call(source, image_size)
+    state, taken = select_prefix(state, prefix, path)
+    load_checked(module, state, plan["classifier"], path, f"custom backbone {source.spec}")
+    model, head = _attach_head(module, plan, num_classes)
+    return model, head, f"{code}; {describe_file(path, taken)}"
+
+
+def shape(source: BackboneSource, num_classes: int, image_size: int):
+    """(model, head name) built on the current (meta) device."""
+    plan = _plan(source, image_size)
+    try:
+        module = _call(source, image_size, meta=True)
+    except UserError:
+        raise
+    except Exception:  # see _plan
+        with torch.random.fork_rng(devices=[]):
+            return _attach_head(_call(source, image_size), plan, num_classes)
+    with torch.device("meta"):
+        return _attach_head(module, plan, num_classes)

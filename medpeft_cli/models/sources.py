@@ -1,0 +1,137 @@
+"""What a `--backbone` string names: a timm model, a Hugging Face transformers vision model or a custom factory.
+
+    vit_base_patch16_224, resnet50.a1_in1k     timm name (a pretrained tag after the dot)
+    hf-hub:org/name, local-dir:/path/to/dir    timm model from the HF hub or a local timm folder
+    transformers:org/name, transformers:DIR    HF transformers vision model: hub id or save_pretrained folder
+    DIR                                        a folder whose config.json names a transformers `model_type`
+    path/to/models.py:factory                  custom: a function in a Python file that returns an nn.Module
+    package.module:factory                     custom: a function in an importable module
+
+Torch-free: config.py hashes a custom factory's source file into the run key (`code_identity`), and the
+CLI parses specs before it decides to train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from medpeft_cli.errors import UserError
+
+TIMM, TRANSFORMERS, CUSTOM = "timm", "transformers", "custom"
+TRANSFORMERS_PREFIX = "transformers:"
+TIMM_PREFIXES = ("hf-hub:", "local-dir:")
+_FACTORY = re.compile(r"^(?P<target>.+):(?P<factory>[A-Za-z_]\w*)$")
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    kind: str  # TIMM, TRANSFORMERS or CUSTOM
+    spec: str  # as the user wrote it
+    target: str  # timm: model name; transformers: hub id or absolute folder; custom: absolute .py path or module name
+    factory: str = ""  # custom: the function's name
+    local: bool = False  # transformers: a local folder; custom: a .py file (not a module)
+
+    @property
+    def needs_hub(self) -> bool:
+        """Building even the architecture needs files from the HF hub (or its local cache)."""
+        return (self.kind == TIMM and self.target.startswith("hf-hub:")) or (self.kind == TRANSFORMERS and not self.local)
+
+    @property
+    def label(self) -> str:
+        """How rows and messages name the source."""
+        if self.kind == CUSTOM:
+            return f"custom:{self.target}:{self.factory}"
+        if self.kind == TRANSFORMERS:
+            return f"transformers:{self.target}"
+        return self.target
+
+
+def parse_backbone(spec: str) -> BackboneSource:
+    """Say which kind of source `spec` names; a custom file or transformers folder must exist."""
+    text = spec.strip()
+    if not text:
+        raise UserError("the backbone is empty; give a timm name, transformers:<id or folder> or path/to/file.py:factory")
+    if text.startswith(TRANSFORMERS_PREFIX):
+        return _transformers(text, text[len(TRANSFORMERS_PREFIX):].strip())
+    if text.startswith(TIMM_PREFIXES):
+        return BackboneSource(TIMM, text, text)
+    match = _FACTORY.match(text)
+    if match and (match["target"].endswith(".py") or _MODULE.match(match["target"])):
+        return _custom(text, match["target"], match["factory"])
+    path = Path(text).expanduser()
+    if path.is_dir() and _transformers_config(path) is not None:
+        return BackboneSource(TRANSFORMERS, text, str(path.resolve()), local=True)
+    if path.is_dir() and ("/" in text or text.startswith((".", "~"))):  # a bare name may be a timm model and a folder here
+        raise UserError(
+            f"backbone folder {text} holds no transformers config.json with a model_type; "
+            f"for a timm folder write local-dir:{text}, for a transformers one save the model there with save_pretrained"
+        )
+    return BackboneSource(TIMM, text, text)
+
+
+def _transformers(spec: str, target: str) -> BackboneSource:
+    path = Path(target).expanduser()
+    if path.is_dir():
+        if _transformers_config(path) is None:
+            raise UserError(f"{target} has no config.json with a transformers model_type; save the model there with save_pretrained")
+        return BackboneSource(TRANSFORMERS, spec, str(path.resolve()), local=True)
+    if not _HUB_ID.match(target) or target.startswith((".", "~")):
+        raise UserError(f"transformers backbone {target!r} is neither an existing folder nor a hub id like org/name")
+    return BackboneSource(TRANSFORMERS, spec, target)
+
+
+def _transformers_config(folder: Path) -> dict | None:
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) and config.get("model_type") else None
+
+
+def _custom(spec: str, target: str, factory: str) -> BackboneSource:
+    if target.endswith(".py"):
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise UserError(f"custom backbone file {target} does not exist; write --backbone path/to/file.py:factory (relative to the working directory)")
+        return BackboneSource(CUSTOM, spec, str(path.resolve()), factory, local=True)
+    return BackboneSource(CUSTOM, spec, target, factory)
+
+
+def module_file(module: str) -> Path:
+    """The source file of an importable module, found without running it (its parent packages are imported)."""
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        raise UserError(f"cannot find module {module!r} of the custom backbone ({exc}); install it or put it on PYTHONPATH") from None
+    if found is None or not found.origin or not Path(found.origin).is_file():
+        raise UserError(f"cannot find module {module!r} of the custom backbone; install it or put it on PYTHONPATH")
+    return Path(found.origin)
+
+
+def code_identity(spec: str) -> str | None:
+    """sha256 of a custom factory's source file (None for timm/transformers backbones).
+
+    Part of the run key: a changed architecture is a new experiment, never mistaken for a finished run.
+    Only the factory's own file is hashed, not the modules it imports.
+    """
+    text = spec.strip()
+    match = _FACTORY.match(text)
+    if text.startswith((TRANSFORMERS_PREFIX, *TIMM_PREFIXES)) or not match or not (match["target"].endswith(".py") or _MODULE.match(match["target"])):
+        return None
+    source = _custom(text, match["target"], match["factory"])
+    path = Path(source.target) if source.local else module_file(source.target)
+    stat = path.stat()
+    return _file_digest(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:  # mtime/size: a changed file is hashed again
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
