@@ -176,6 +176,16 @@ class RunSpec(_Strict):
             raise ValueError(f"give either shots ({self.shots}) or data_fraction ({self.data_fraction}), not both")
         return self
 
+    def speed_fields(self) -> dict[str, Any]:
+        """The options left out of the run key because they change only speed (e.g. lora impl, compile):
+        recorded on the result row, so a row says which implementation computed it."""
+        data = self.model_dump(mode="json", exclude={"output"})
+        out = {f"method.{n}": self.method.options[n] for n in METHOD_SPEED_ONLY.get(self.method.name, ()) if n in self.method.options}
+        out.update({f"train.{n}": data["train"][n] for n in TRAIN_SPEED_ONLY})
+        if data.get("t2i"):
+            out.update({f"t2i.{n}": data["t2i"][n] for n in T2I_SPEED_ONLY if n in data["t2i"]})
+        return out
+
     def key_fields(self) -> dict[str, Any]:
         """The fields that determine the result (everything except output locations)."""
         data = self.model_dump(mode="json", exclude={"output"})

@@ -152,4 +152,4 @@ def test_impl_is_not_part_of_the_run_key():
     from medpeft_cli.train.runner import resolve
 
     spec, _, options = resolve(build_spec())  # the default run, its options filled (impl included)
-    assert options.impl == "auto" and run_key(spec) == "abe09a8ab6870ea6"  # its key from before impl existed
+    assert options.impl == "fused" and run_key(spec) == "abe09a8ab6870ea6"  # its key from before impl existed

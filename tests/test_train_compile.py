@@ -40,6 +40,8 @@ def test_compile_trains_stores_and_keeps_the_run_key(cli, compiled, tmp_path):
     row = json.loads(next((tmp_path / "runs").glob("*/result.json")).read_text())
     assert row["status"] == "ok" and 0 <= row["test_macro_f1"] <= 1
     assert '"compile"' not in row["spec_json"]
+    # what computed the row is recorded beside the key: the compiled graph and LoRA's fused layer
+    assert json.loads(row["speed_json"]) == {"method.impl": "fused", "train.compile": True}
     plain = build_spec(flags={"backbone": "test_vit", "image_size": 32, "train.epochs": 1, "data_fraction": 0.1, "train.batch_size": 48, "method": "lora"},
                        overrides=["train.eval_batch_size=600"])  # fmt: skip
     assert row["run_key"] == run_key(resolve(plain)[0])  # the same run without --compile has the same key

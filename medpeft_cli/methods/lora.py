@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from torch import nn
 
@@ -39,6 +39,13 @@ class LoRAImplOptions(LoRAOptions):
             raise PydanticCustomError("fused_dropout", "'fused' folds the update into one matmul, which dropout on the LoRA branch rules out; use impl=peft (or auto) with dropout > 0")
         return impl
 
+    @model_validator(mode="after")
+    def _resolve_auto(self) -> LoRAImplOptions:
+        # resolved here so the stored spec and result row name the layer that actually computed the run
+        if self.impl == "auto":
+            self.impl = "fused" if self.dropout == 0 else "peft"
+        return self
+
 
 def _lora(backbone, options: LoRAOptions, use_dora: bool, fused: bool = False) -> nn.Module:
     from peft import LoraConfig
@@ -69,8 +76,7 @@ def lora(backbone, options: LoRAImplOptions) -> nn.Module:
 
     Hu et al.: LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022 (https://arxiv.org/abs/2106.09685)
     """
-    fused = options.impl == "fused" or (options.impl == "auto" and options.dropout == 0)
-    return _lora(backbone, options, use_dora=False, fused=fused)
+    return _lora(backbone, options, use_dora=False, fused=options.impl == "fused")
 
 
 @register_method(

@@ -44,6 +44,7 @@ COLUMNS: dict[str, str] = {
     "image_size": "INTEGER",
     "precision": "VARCHAR",
     "spec_json": "VARCHAR",
+    "speed_json": "VARCHAR",  # the speed-only options (not in the run key) this row was computed with (issue 10)
     # results (test metrics come from the epoch selected on validation macro-F1)
     "test_macro_f1": "DOUBLE",
     "test_accuracy": "DOUBLE",

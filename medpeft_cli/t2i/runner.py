@@ -217,7 +217,7 @@ def train_t2i(spec: RunSpec, info: MethodInfo, options: Any, key: str, force: bo
         "dataset": spec.dataset, "backbone": spec.backbone, "weights": spec.weights, "method": info.name,
         "data_fraction": spec.data_fraction, "seed": spec.seed, "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size,
         **{k: (lr_origin or {}).get(k) for k in ("lr_source", "tuned_lr_trials", "tune_study")},
-        "image_size": spec.image_size, "precision": accelerator.mixed_precision, "spec_json": json.dumps(spec.key_fields(), sort_keys=True),
+        "image_size": spec.image_size, "precision": accelerator.mixed_precision, "spec_json": json.dumps(spec.key_fields(), sort_keys=True), "speed_json": json.dumps(spec.speed_fields(), sort_keys=True),
         "test_fid": scores.fid, "test_fid_std": scores.fid_std, "test_kid": scores.kid, "test_kid_std": scores.kid_std,
         "fid_features": scores.features, "fid_samples": scores.samples, "fid_seeds": json.dumps(scores.seeds),
         "train_loss": fit.train_loss, "val_loss": fit.val_loss, "generate_images_per_s": scores.images_per_s,

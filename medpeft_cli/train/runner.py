@@ -293,7 +293,7 @@ def _train(spec: RunSpec, force: bool, progress, lr_origin: dict[str, Any] | Non
         "batch_size": t.batch_size,
         "image_size": spec.image_size,
         "precision": accelerator.mixed_precision,
-        "spec_json": json.dumps(spec.key_fields(), sort_keys=True),
+        "spec_json": json.dumps(spec.key_fields(), sort_keys=True), "speed_json": json.dumps(spec.speed_fields(), sort_keys=True),
         "test_macro_f1": test["macro_f1"],
         "test_accuracy": test["accuracy"],
         "test_balanced_accuracy": test["balanced_accuracy"],
