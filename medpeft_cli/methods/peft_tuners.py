@@ -6,6 +6,7 @@ They target Linear layers of transformer blocks (VeRA supports only Linear layer
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import warnings
@@ -210,6 +211,9 @@ def boft(backbone, options: BOFTOptions) -> nn.Module:
     valid = _divisors(in_features(backbone, targets), _boft_fits(options.butterfly_factor))
     _check_block_size(backbone, targets, options.block_size, valid, "boft")
     config = BOFTConfig(boft_block_size=options.block_size, boft_n_butterfly_factor=options.butterfly_factor, target_modules=targets)
+    # peft tries to build its CUDA extension; on a machine without CUDA torch logs that at WARNING, and
+    # the outcome is reported below as one clear line instead.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="(Failed to load the CUDA extension|Setting boft_n_butterfly_factor)", category=UserWarning)
         model = wrap(backbone, config)
