@@ -11,11 +11,13 @@
 #   3. whatever time is left: ViT-B/16 under torch.compile (full, bitfit, LoRA on every block Linear)
 # Results go to $OUT (the device tool's folder) or benchmarks/results/.
 # SMOKE=1 runs every stage here on the CPU with tiny models (test_vit/test_resnet, 32 px, a few steps)
-# to check the script itself before spending device time.
+# to check the script itself before spending device time; its files go to a temporary folder, never
+# over the recorded results in benchmarks/results/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
 BUDGET=${BUDGET:-585}
+if [ "${SMOKE:-0}" = 1 ]; then OUT=${OUT:-$(mktemp -d /tmp/gpu-suite-smoke.XXXXXX)}; fi
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
