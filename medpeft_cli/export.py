@@ -89,6 +89,6 @@ def export_merged(run_dir: Path, out_path: Path | None = None) -> dict[str, Any]
         else f"medpeft_cli.models.create_backbone({spec.backbone!r}, 'random', {row['num_classes']}, {spec.image_size}, 0).model.load_state_dict({load})"
     )
     return {
-        "path": str(path), "method": info.name, "backbone": spec.backbone, "create_kwargs": create_kwargs, "load_hint": load_hint,
+        "path": str(path), "method": info.name, "backbone": spec.backbone, "load_hint": load_hint,
         "max_rel_diff": diff, "checked_images": CHECK_IMAGES,
     }  # fmt: skip

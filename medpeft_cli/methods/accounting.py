@@ -45,16 +45,12 @@ def method_params(info: MethodInfo, backbone, options: dict[str, Any]) -> int:
     return parameter_counts(info, backbone, options)["method_params"]
 
 
-def parameter_table(backbone_name: str, image_size: int, num_classes: int, every_method: bool = False) -> list[dict[str, Any]]:
-    """One row per method that supports the backbone: its default-size counts and % of the backbone.
-
-    With `every_method`, methods of other families get a row too ({"method", "error"}). A method that
-    supports the family but cannot find what it needs in this model has an "error" row either way.
-    """
-    return backbone_table(meta_backbone(backbone_name, image_size, num_classes), every_method)
-
-
 def backbone_table(backbone, every_method: bool = False) -> list[dict[str, Any]]:
+    """One row per method that supports the (shape-only) backbone: its default-size counts and % of the backbone.
+
+    With `every_method`, methods of other families get a row too ({"method", "error", "families"}). A method
+    that supports the family but cannot find what it needs in this model has an "error" row either way.
+    """
     from medpeft_cli.methods.registry import TASK_FAMILIES
 
     base = backbone.num_params - head_params(backbone)

@@ -19,11 +19,10 @@ from torch import nn
 from medpeft_cli.errors import UserError
 from medpeft_cli.models.family import detect_family
 from medpeft_cli.models.sources import CUSTOM, TIMM, TRANSFORMERS, parse_backbone
-from medpeft_cli.models.timm_source import create as _create
 from medpeft_cli.models.timm_source import head_name as _head_name
 from medpeft_cli.models.weights import WEIGHT_SUFFIXES, is_weights_file, load_state_dict_file
 
-__all__ = ["Backbone", "create_backbone", "shape_backbone", "detect_family", "load_state_dict_file", "WEIGHT_SUFFIXES", "_create", "_head_name"]
+__all__ = ["Backbone", "create_backbone", "shape_backbone", "detect_family", "load_state_dict_file", "WEIGHT_SUFFIXES", "_head_name"]
 
 
 @dataclass
@@ -64,15 +63,9 @@ def create_backbone(name: str, weights: str, num_classes: int, image_size: int, 
         raise UserError(f"weights_prefix {weights_prefix!r} applies to a local weights file; pass --weights FILE or drop --weights-prefix")
     source = parse_backbone(name)
     torch.manual_seed(seed)
-    if source.kind == TIMM:
-        from medpeft_cli.models import timm_source
-
-        model, head, described = timm_source.build(name, weights, num_classes, image_size, seed, weights_prefix)
-        extra = {}
-    else:
-        module = _module_of(source.kind)
-        model, head, described = module.build(source, weights, num_classes, image_size, seed, weights_prefix)
-        extra = module.provenance() if hasattr(module, "provenance") else {}
+    module = _module_of(source.kind)
+    model, head, described = module.build(source, weights, num_classes, image_size, seed, weights_prefix)
+    extra = module.provenance() if hasattr(module, "provenance") else {}
     model.eval()
     return Backbone(
         model=model,
@@ -93,16 +86,12 @@ def shape_backbone(name: str, image_size: int, num_classes: int = 2) -> Backbone
     Enough to detect its family and count parameters; hub models still need their config (cache or hub).
     """
     source = parse_backbone(name)
+    module = _module_of(source.kind)
     if source.kind == CUSTOM:  # builds on the meta device itself, with a fallback for factories that cannot
-        model, head = _module_of(CUSTOM).shape(source, num_classes, image_size)
+        model, head = module.shape(source, num_classes, image_size)
     else:
         with torch.device("meta"):
-            if source.kind == TIMM:
-                from medpeft_cli.models import timm_source
-
-                model, head = timm_source.shape(name, num_classes, image_size)
-            else:
-                model, head = _module_of(source.kind).shape(source, num_classes, image_size)
+            model, head = module.shape(source, num_classes, image_size)
     return Backbone(model, name, detect_family(model), head, "meta", sum(p.numel() for p in model.parameters()), "", source.kind)
 
 

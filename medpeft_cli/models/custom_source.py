@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -26,11 +27,20 @@ from medpeft_cli.models.weights import describe_file, load_checked, load_state_d
 
 
 def _module(source: BackboneSource):
-    """Import the factory's module (a file is run with its own folder on sys.path, for its sibling imports)."""
-    try:
-        if not source.local:
-            return importlib.import_module(source.target)
-        path = Path(source.target)
+    """Import the factory's module (a file is run with its own folder on sys.path, for its sibling imports).
+
+    A file is run once per content (building, probing and counting all use the same module object)."""
+    if not source.local:
+        return _run_import(source.spec, lambda: importlib.import_module(source.target))
+    stat = Path(source.target).stat()
+    return _file_module(source.spec, source.target, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=16)
+def _file_module(spec_text: str, target: str, mtime_ns: int, size: int):  # mtime/size: an edited file is run again
+    path = Path(target)
+
+    def run():
         spec = importlib.util.spec_from_file_location(f"medpeft_custom_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         sys.path.insert(0, str(path.parent))
@@ -39,8 +49,15 @@ def _module(source: BackboneSource):
         finally:
             sys.path.remove(str(path.parent))
         return module
+
+    return _run_import(spec_text, run)
+
+
+def _run_import(spec_text: str, load):
+    try:
+        return load()
     except Exception as exc:
-        raise UserError(f"cannot import the custom backbone {source.spec} ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+        raise UserError(f"cannot import the custom backbone {spec_text} ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
 
 
 def _call(source: BackboneSource, image_size: int, meta: bool = False) -> nn.Module:

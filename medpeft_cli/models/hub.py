@@ -19,7 +19,7 @@ def is_missing_file_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return (
         "localentrynotfound" in type(exc).__name__.lower() or "offline" in type(exc).__name__.lower()
-        or "couldn't connect" in text or "cannot find the requested files in the local cache" in text
+        or "cannot find the requested files in the local cache" in text
         or "offline mode" in text or "connect" in text or "local_files_only" in text
     )  # fmt: skip
 

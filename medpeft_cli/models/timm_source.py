@@ -13,6 +13,7 @@ from torch import nn
 
 from medpeft_cli.errors import UserError
 from medpeft_cli.models.hub import is_missing_file_error, not_available, quiet_hub
+from medpeft_cli.models.sources import BackboneSource
 from medpeft_cli.models.weights import describe_file, load_checked, load_state_dict_file, select_prefix
 
 
@@ -65,8 +66,9 @@ def create(name: str, num_classes: int, image_size: int, pretrained: bool) -> nn
         raise
 
 
-def build(name: str, weights: str, num_classes: int, image_size: int, seed: int, prefix: str | None):
+def build(source: BackboneSource, weights: str, num_classes: int, image_size: int, seed: int, prefix: str | None):
     """(model, head name, weights source) of a timm backbone."""
+    name = source.target
     if weights == "random":
         model = create(name, num_classes, image_size, pretrained=False)
         return model, head_name(model), f"random-init (seed {seed})"
@@ -84,7 +86,7 @@ def build(name: str, weights: str, num_classes: int, image_size: int, seed: int,
     return model, head, describe_file(path, taken)
 
 
-def shape(name: str, num_classes: int, image_size: int):
+def shape(source: BackboneSource, num_classes: int, image_size: int):
     """(model, head name) built on the current (meta) device."""
-    model = create(name, num_classes, image_size, pretrained=False)
+    model = create(source.target, num_classes, image_size, pretrained=False)
     return model, head_name(model)

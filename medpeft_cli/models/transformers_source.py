@@ -88,6 +88,13 @@ def _config(source: BackboneSource, num_classes: int):
     return config
 
 
+def _auto_class(classifying: bool):
+    """The transformers Auto class that builds the model: with an image-classification head where the type has one."""
+    from transformers import AutoModel, AutoModelForImageClassification
+
+    return AutoModelForImageClassification if classifying else AutoModel
+
+
 def _has_classifier_class(config) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
 
@@ -132,10 +139,7 @@ def _weights_identity(source: BackboneSource, config) -> str:
 
 
 def _from_pretrained(source: BackboneSource, config, classifying: bool):
-    from transformers import AutoModel, AutoModelForImageClassification
-
-    auto = AutoModelForImageClassification if classifying else AutoModel
-    model, info = _hub_call(source, lambda: auto.from_pretrained(
+    model, info = _hub_call(source, lambda: _auto_class(classifying).from_pretrained(
         source.target, config=config, ignore_mismatched_sizes=True, output_loading_info=True, local_files_only=offline()
     ))  # fmt: skip
 
@@ -156,8 +160,6 @@ def _from_pretrained(source: BackboneSource, config, classifying: bool):
 
 def build(source: BackboneSource, weights: str, num_classes: int, image_size: int, seed: int, prefix: str | None):
     """(model, head name, weights source) of a transformers backbone."""
-    from transformers import AutoModel, AutoModelForImageClassification
-
     config = _config(source, num_classes)
     classifying = _has_classifier_class(config)
     arch = config.architectures[0] if getattr(config, "architectures", None) else type(config).__name__
@@ -165,12 +167,12 @@ def build(source: BackboneSource, weights: str, num_classes: int, image_size: in
         model, note = _from_pretrained(source, config, classifying)
         described = f"{source.label} ({type(model).__name__}, {_weights_identity(source, config)}){note}"
     elif weights == "random":
-        model = (AutoModelForImageClassification if classifying else AutoModel).from_config(config)
+        model = _auto_class(classifying).from_config(config)
         described = f"{source.label} ({arch} config) random-init (seed {seed})"
     else:
         path = Path(weights).expanduser().resolve()
         state = load_state_dict_file(path)
-        model = (AutoModelForImageClassification if classifying else AutoModel).from_config(config)
+        model = _auto_class(classifying).from_config(config)
         state, taken = select_prefix(state, prefix, path)
         # a checkpoint of the bare encoder (ViTModel) has no `vit.` prefix; the classification model does
         base = getattr(model, "base_model_prefix", "")
@@ -185,12 +187,10 @@ def build(source: BackboneSource, weights: str, num_classes: int, image_size: in
 
 def shape(source: BackboneSource, num_classes: int, image_size: int):
     """(model, head name) built on the current (meta) device from the config alone."""
-    from transformers import AutoModel, AutoModelForImageClassification
-
     config = _config(source, num_classes)
     classifying = _has_classifier_class(config)
     with _quiet():
-        model = (AutoModelForImageClassification if classifying else AutoModel).from_config(config)
+        model = _auto_class(classifying).from_config(config)
     return _wrap(model.eval(), classifying, num_classes, image_size)
 
 

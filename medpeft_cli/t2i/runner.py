@@ -129,7 +129,8 @@ def train_t2i(spec: RunSpec, info: MethodInfo, options: Any, key: str, force: bo
     from medpeft_cli.t2i.loop import Denoising, fit_t2i, rows_loader
     from medpeft_cli.t2i.pipeline import load_pipeline, quiet_hf
     from medpeft_cli.t2i.weights import save_t2i_weights
-    from medpeft_cli.train.runner import RunOutcome, _device_name, _mixed_precision
+    from medpeft_cli.train.classify import resolve_mixed_precision
+    from medpeft_cli.train.runner import RunOutcome, _device_name
 
     t, t2i, out = spec.train, spec.t2i, spec.output
     run_dir = Path(out.runs_dir) / key
@@ -146,7 +147,7 @@ def train_t2i(spec: RunSpec, info: MethodInfo, options: Any, key: str, force: bo
     train_split = data.splits["train"]
     subset = stratified_subset(train_split.labels, spec.data_fraction, spec.seed)
 
-    accelerator = Accelerator(mixed_precision=_mixed_precision(t.precision), gradient_accumulation_steps=t.grad_accum_steps)
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(t.precision), gradient_accumulation_steps=t.grad_accum_steps)
     dtype = weight_dtype(accelerator)
     if not accelerator.is_main_process:  # one progress stream per multi-process launch
         log = lambda line: None

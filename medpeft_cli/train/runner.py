@@ -68,12 +68,6 @@ def _fit_param_budget(spec: RunSpec, info: MethodInfo) -> Any:
     return validate_options(info, {**spec.method.options, fit.knob: fit.value})
 
 
-def _mixed_precision(precision: str) -> str:
-    from medpeft_cli.train.classify import resolve_mixed_precision
-
-    return resolve_mixed_precision(precision)
-
-
 def _device_name(accelerator) -> str:
     import platform
 
