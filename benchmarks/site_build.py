@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/site_build.py                  # 10,000 synthetic rows
     .venv/bin/python benchmarks/site_build.py --rows 2000 --browser
 
-Then, as `medpeft train` does after each run, the site is rebuilt with one more row. Rows come from `medpeft_cli.report.synthetic` (7 backbones x 6 datasets x up to 11 methods x 8
+Then, as `medpeft train` does after each run, the site is rebuilt with one more row. Rows come from `tests/synthetic_results.py` (7 backbones x 6 datasets x up to 11 methods x 8
 fractions x 4 seeds, cut at --rows; 1 % diverged). Import time is reported apart from the build: it
 is paid once per process. With --browser (needs /usr/bin/chromium and playwright) the overview and
 the largest dataset page are opened from file:// and the time of a filter change, a metric switch
@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -103,7 +104,9 @@ def main() -> None:
     import scipy.stats  # noqa: F401
 
     from medpeft_cli.report import render
-    from medpeft_cli.report.synthetic import method_catalog, synthetic_rows
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic rows are test fixtures
+    from synthetic_results import method_catalog, synthetic_rows
 
     imports = time.perf_counter() - start
     rows = synthetic_rows(backbones=BACKBONES, seeds=(0, 1, 2, 3), limit=args.rows, diverged_every=97)

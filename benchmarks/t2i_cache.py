@@ -43,7 +43,7 @@ def main() -> None:
     from medpeft_cli.t2i.latents import compute_encodings, encode_ids, encode_pixels, to_pixels, tokenize
     from medpeft_cli.t2i.loop import Denoising
     from medpeft_cli.t2i.pipeline import load_pipeline, quiet_hf
-    from medpeft_cli.t2i.runner import weight_dtype
+    from medpeft_cli.t2i.scoring import weight_dtype
 
     accelerator = Accelerator(mixed_precision=args.precision)
     dtype = weight_dtype(accelerator)

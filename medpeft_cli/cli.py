@@ -43,9 +43,11 @@ def train(
     fid_features: Annotated[Optional[str], typer.Option(help="t2i: FID/KID features: inception | dinov2 | <timm name>[@random|@FILE].")] = None,
     fid_samples: Annotated[Optional[int], typer.Option(help="t2i: images generated per seed from held-out prompts [default: 1000; tiny-sd 100].")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset name from datasets.yaml (`medpeft datasets`).")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="timm name (vit_tiny_patch16_224, hf-hub:org/name), transformers:<hub id or folder>, or path/to/file.py:factory | package.module:factory (docs/backbones.md).")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="'random', 'pretrained' (the source's own weights, hub/cache) or a .safetensors/.pth file.")] = None,
-    weights_prefix: Annotated[Optional[str], typer.Option(help="Load only the weights file's keys under this prefix, without it (e.g. backbone.) [default: strip module./model.].")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="builtin (cifar_resnet20 ... cifar_resnet110), timm name (vit_tiny_patch16_224, hf-hub:org/name), transformers:<hub id or folder>, or path/to/file.py:factory | package.module:factory (docs/backbones.md).")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="'random', 'pretrained' (the source's own weights: packaged, hub/cache) or a weights file (safetensors or torch checkpoint, any extension).")] = None,
+    weights_prefix: Annotated[Optional[str], typer.Option(help="Take only the weights file's keys under this prefix, removing it (e.g. backbone.); by default a module./model./backbone./encoder. prefix all keys share is removed.")] = None,
+    weights_key: Annotated[Optional[str], typer.Option(help="Key path of the state dict in the weights file, e.g. model_ema or teacher (without it: state_dict, model, ... holding tensors).")] = None,
+    head: Annotated[Optional[str], typer.Option(help="Name of the classifier Linear to replace (without it: the Linear whose output is the model's output).")] = None,
     method: Annotated[Optional[str], typer.Option(help="PEFT method (`medpeft methods`).")] = None,
     param_budget: Annotated[Optional[str], typer.Option(help="Method parameters (head excluded): '0.5%' of the backbone or a count (150k); sets the method's size knob.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, data order and data subset.")] = None,
@@ -54,7 +56,12 @@ def train(
     class_weighting: Annotated[Optional[str], typer.Option(help="Class imbalance: none | loss (weighted cross-entropy) | sampler (balanced batches).")] = None,
     data_resolution: Annotated[Optional[int], typer.Option(help="Resolution of the dataset files (MedMNIST 28/64/128/224, prepared data) [default: the registry's].")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution in pixels.")] = None,
-    epochs: Annotated[Optional[int], typer.Option()] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs of training (default 5).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Train this many optimizer steps instead of epochs (the same at any data fraction; the last epoch is cut).")] = None,
+    eval_every_steps: Annotated[Optional[int], typer.Option(help="Evaluate on validation every N optimizer steps and at the end (default: after every epoch).")] = None,
+    evals_per_run: Annotated[Optional[int], typer.Option(help="K validation evaluations spread evenly over the run, the last at its end (default: after every epoch).")] = None,
+    select_on: Annotated[Optional[str], typer.Option(help="Weights scored on test: val_macro_f1 (best evaluation, default) | val_loss (lowest) | last (no selection).")] = None,
+    augment: Annotated[Optional[str], typer.Option(help="Training augmentation on the device: none (default) | flip (horizontal) | crop-flip (4-px padded random crop + flip).")] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: the method's).")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16 (auto: bf16/fp16 on GPU, fp32 on CPU).")] = None,
@@ -76,9 +83,10 @@ def train(
     """
     flags = {
         "task": task, "t2i.fid_features": fid_features, "t2i.fid_samples": fid_samples,
-        "dataset": dataset, "backbone": backbone, "weights": weights, "weights_prefix": weights_prefix, "method": method, "seed": seed, "param_budget": param_budget,
+        "dataset": dataset, "backbone": backbone, "weights": weights, "weights_prefix": weights_prefix, "weights_key": weights_key, "head": head, "method": method, "seed": seed, "param_budget": param_budget,
         "data_fraction": data_fraction, "shots": shots, "train.class_weighting": class_weighting,
-        "data_resolution": data_resolution, "image_size": image_size, "train.epochs": epochs,
+        "data_resolution": data_resolution, "image_size": image_size, "train.epochs": epochs, "train.steps": steps,
+        "train.eval_every_steps": eval_every_steps, "train.evals_per_run": evals_per_run, "train.select_on": select_on, "train.augment": augment,
         "train.batch_size": batch_size, "train.lr": lr, "train.precision": precision, "train.compile": True if compile_model else None,
         "output.runs_dir": runs_dir, "output.db": db, "output.data_dir": data_dir,
     }  # fmt: skip
@@ -88,52 +96,66 @@ def train(
 
         raise typer.Exit(relaunch_train(spec, num_processes, force=force, quiet=quiet, site=None if no_site else site))
 
+    from medpeft_cli.errors import RunDiverged
+    from medpeft_cli.run import train as run_training
     from medpeft_cli.train.progress import EpochProgress
-    from medpeft_cli.train.runner import RunDiverged
-    from medpeft_cli.train.runner import train as run_training
 
     if not quiet and os.environ.get("RANK", "0") == "0":  # once per multi-process launch
         err.print(f"training {spec.method.name} on {spec.dataset} with {spec.backbone} ({spec.weights} weights), seed {spec.seed}")
     try:
         outcome = run_training(spec, force=force, progress=EpochProgress(err, quiet=quiet), resume=resume)
-    except RunDiverged as exc:  # stored with status 'diverged'; the summary says so
-        outcome = exc.outcome
+    except RunDiverged as exc:  # stored with status 'diverged': shown like any stored run, then exit code 3
+        _show_outcome(exc.outcome, spec.output, None if no_site else site)
+        raise
+    _show_outcome(outcome, spec.output, None if no_site else site)
+
+
+def _show_outcome(outcome, output, site: Path | None) -> None:
+    """The stored run's summary, where its row and files are (`output`: the spec's OutputOptions), and the rebuilt site."""
     if not outcome.row:  # a non-main process of a multi-process launch
         return
-    row = outcome.row
     if outcome.status == "skipped":
         out.print(f"run {outcome.run_key} is already finished (pass --force to rerun); stored result:")
-    _print_run_summary(row)
-    out.print(f"row:   {spec.output.db} (run_key {outcome.run_key})")
+    _print_run_summary(outcome.row)
+    out.print(f"row:   {output.db} (run_key {outcome.run_key})")
     out.print(f"files: {outcome.run_dir}")
-    if not no_site and site is not None:
+    if site is not None:
         from medpeft_cli.report import build_site_from_db
 
-        index = build_site_from_db(spec.output.db, site, methods=_method_catalog(), runs_dir=spec.output.runs_dir)
+        index = build_site_from_db(output.db, site, methods=_method_catalog(), runs_dir=output.runs_dir)
         out.print(f"site:  {index}")
 
 
 def _print_run_summary(row: dict) -> None:
     from rich.table import Table
 
-    if row.get("task") == "t2i":
-        _print_t2i_summary(row)
-        return
     if row.get("status") != "ok":
         out.print(f"{row['method']} on {row['dataset']} / {row['backbone']} (seed {row['seed']}): [bold red]{row.get('status')}[/]: {row.get('status_detail') or ''}")
         out.print("stored with no metrics (the site shows the status); lower the learning rate and rerun with --force")
         return
+    if row.get("task") == "t2i":
+        _print_t2i_summary(row)
+        return
     table = Table(title=f"{row['method']} on {row['dataset']} / {row['backbone']} (seed {row['seed']}), test split", title_justify="left")
     for column in ("macro-F1", "accuracy", "bal. acc.", "AUROC", "best epoch"):
         table.add_column(column, justify="right")
+    steps = f" (step {row['best_step']} of {row['train_steps']})" if _step_schedule(row) else ""
     table.add_row(
         f"{row['test_macro_f1']:.4f}", f"{row['test_accuracy']:.4f}", f"{row['test_balanced_accuracy']:.4f}",
-        f"{row['test_auroc']:.4f}", f"{row['best_epoch']} of {row['epochs']}",
+        f"{row['test_auroc']:.4f}", f"{row['best_epoch']} of {row['epochs']}{steps}",
     )
     out.print(table)
     if row.get("method_params") is not None:
         budget = f" (budget {row['param_budget']:,})" if row.get("param_budget") is not None else ""
         out.print(f"params: method {row['method_params']:,}{budget} + head {row['head_params']:,} of {row['total_params']:,} total")
+
+
+def _step_schedule(row: dict) -> bool:
+    """Whether the run's length or evaluations were given in optimizer steps (then the summary names the step)."""
+    if row.get("best_step") is None or not row.get("train_steps"):
+        return False
+    train = json.loads(row.get("spec_json") or "{}").get("train", {})
+    return any(train.get(name) is not None for name in ("steps", "eval_every_steps", "evals_per_run"))
 
 
 def _print_t2i_summary(row: dict) -> None:
@@ -256,8 +278,8 @@ def report(
 
 
 def _method_catalog() -> list[dict]:
-    """The method registry as plain data for the site (without torch when the shipped copy is current)."""
-    from medpeft_cli.methods.catalog import method_catalog
+    """The method registry as plain data for the site (reading it imports no torch)."""
+    from medpeft_cli.methods import method_catalog
 
     return method_catalog()
 
@@ -272,22 +294,24 @@ def methods(
     num_classes: Annotated[int, typer.Option(help="Classes of the head for --backbone/--count.")] = 3,
     image_size: Annotated[int, typer.Option(help="Input size for --backbone/--count (ViT position embeddings depend on it).")] = 224,
     task: Annotated[str, typer.Option(help="classification | t2i (methods for the Stable Diffusion U-Net).")] = "classification",
+    head: Annotated[Optional[str], typer.Option(help="For --backbone/--count: the classifier Linear to replace, as train's --head.")] = None,
 ) -> None:
     """List the PEFT methods (read from the method registry)."""
     from rich.table import Table
 
     from medpeft_cli.methods import FAMILIES, FAMILY_DESCRIPTIONS, capability_matrix, list_methods
+    from medpeft_cli.methods.registry import TASKS
 
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r}; choose {' or '.join(TASKS)}")
     if task == "t2i":
         _print_t2i_methods(details)
         return
-    if task != "classification":
-        raise UserError(f"unknown task {task!r}; choose classification or t2i")
     if as_json:
         out.print_json(json.dumps({"families": FAMILY_DESCRIPTIONS, "methods": capability_matrix()}))
         return
     if backbone or count:
-        _print_parameter_table(backbone or count, image_size, num_classes, every_method=bool(backbone))
+        _print_parameter_table(backbone or count, image_size, num_classes, every_method=bool(backbone), head=head)
         return
     table = Table(title="capability matrix (method x backbone family)" if matrix else "methods", title_justify="left")
     columns = ("method", *FAMILIES) if matrix else ("name", "kind", *FAMILIES, "size knob", "merge", "default lr", "reference")
@@ -328,22 +352,23 @@ def _print_t2i_methods(details: bool) -> None:
     if details:
         for info in list_methods("t2i"):
             options = ", ".join(f"{n}={f.default!r}" if f.default_factory is None else f"{n}={f.default_factory()!r}" for n, f in info.options.model_fields.items())
-            out.print(f"[bold]{info.name}[/]: {info.summary}\n  options: {options or 'none'}\n  cite: {info.cite}")
+            out.print(f"[bold]{info.name}[/]: {info.summary}\n  options: {options or 'none'}\n  cite: {info.cite}{'  ' + info.url if info.url else ''}")
 
 
-def _print_parameter_table(backbone: str, image_size: int, num_classes: int, every_method: bool = False) -> None:
+def _print_parameter_table(backbone: str, image_size: int, num_classes: int, every_method: bool = False, head: str | None = None) -> None:
     """Each method's parameters on `backbone` (shapes only); with `every_method`, also what does not apply and why."""
     from rich.table import Table
 
-    from medpeft_cli.methods.accounting import backbone_table, head_params, meta_backbone
-    from medpeft_cli.models.backbones import describe_source
+    from medpeft_cli.methods.accounting import backbone_table, head_params
+    from medpeft_cli.models.backbones import describe_source, shape_backbone
 
-    shape = meta_backbone(backbone, image_size, num_classes)
+    shape = shape_backbone(backbone, image_size, num_classes, head=head)
     rows = backbone_table(shape, every_method)
     base = shape.num_params - head_params(shape)
     if every_method:
-        out.print(f"backbone {backbone}: {describe_source(backbone)}, detected family [bold]{shape.family}[/], head `{shape.head_name}`, "
+        out.print(f"backbone {backbone}: {describe_source(backbone)}, detected family [bold]{shape.family}[/], "
                   f"{base:,} parameters without the head ({num_classes} classes, {image_size} px)")
+        out.print(f"head: {shape.head_summary}")
     title = f"trainable parameters on {backbone} ({num_classes} classes, {image_size} px; backbone without head: {base:,})"
     table = Table(title=title, title_justify="left")
     for column in ("method", *(("applies",) if every_method else ()), "method params", "head params", "trainable", "% of backbone", "total"):
@@ -545,17 +570,18 @@ _register_sweep_commands(app)  # sweep plan|run|run-one|slurm, tune, prefetch
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
-    from medpeft_cli.train.resume import Preempted
+    """Console entry point: every expected outcome (errors.py) becomes one line on stderr and its exit code
+    (user error 2, diverged 3, stopped 75); see docs/reliability.md, "Exit codes"."""
+    from medpeft_cli.errors import MedpeftError
 
     try:
         app(args=argv, prog_name="medpeft")
-    except Preempted as exc:  # exit 75 (EX_TEMPFAIL): a job script requeues the task; see docs/reliability.md
-        print(f"medpeft: stopped: {exc}; checkpoint saved: rerun the same command with --resume to continue", file=sys.stderr)
-        sys.exit(Preempted.exit_code)
-    except UserError as exc:
-        print(f"medpeft: error: {exc}", file=sys.stderr)
-        sys.exit(UserError.exit_code)
+    except MedpeftError as exc:
+        from medpeft_cli.sweep.launch import record_outcome
+
+        print(exc.line(), file=sys.stderr)
+        record_outcome(exc.exit_code)  # in a process of `--num-processes N`: for the launching process
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("medpeft: interrupted; nothing was stored for the unfinished run", file=sys.stderr)
         sys.exit(130)

@@ -55,6 +55,37 @@ class TrainOptions(_Strict):
     # "sampler" draws training batches with replacement so every class is equally likely.
     class_weighting: Literal["none", "loss", "sampler"] = "none"
     compile: bool = Field(False, description="torch.compile the model (speed only, results equal within float rounding; not part of the run key)")
+    # Length, evaluation, selection and augmentation (classification; docs/protocol.md). The defaults are
+    # protocol 1: `epochs` epochs, validation after every epoch, the evaluation with the best val macro-F1.
+    steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="run length in optimizer steps instead of epochs (epochs = ceil(steps / steps per epoch), the last one cut)"
+    )
+    eval_every_steps: int | None = Field(None, ge=1, description="evaluate on validation every N optimizer steps and at the last (default: after every epoch)")
+    evals_per_run: int | None = Field(None, ge=1, description="K validation evaluations spread evenly over the run's optimizer steps, the last at its end")
+    select_on: Literal["val_macro_f1", "val_loss", "last"] = Field(
+        "val_macro_f1", description="which evaluation's weights are scored on test: best val macro-F1, lowest val loss, or the last (no selection)"
+    )
+    augment: Literal["none", "flip", "crop-flip"] = Field(
+        "none", description="training-time augmentation on the device: horizontal flip, or a 4-pixel padded random crop + flip (never at evaluation)"
+    )
+
+    @model_validator(mode="after")
+    def _one_length_and_schedule(self) -> TrainOptions:
+        default_epochs = type(self).model_fields["epochs"].default
+        if self.steps is not None and self.epochs != default_epochs:
+            raise ValueError(f"give the run's length either as epochs ({self.epochs}) or as steps ({self.steps}), not both")
+        if self.eval_every_steps is not None and self.evals_per_run is not None:
+            raise ValueError("give either eval_every_steps or evals_per_run, not both")
+        return self
+
+    def protocol_options(self) -> dict[str, Any]:
+        """The options set away from protocol 1's length/evaluation/selection/augmentation (classification only)."""
+        fields = type(self).model_fields
+        return {n: getattr(self, n) for n in CLASSIFICATION_ONLY if getattr(self, n) != fields[n].default}
+
+
+# TrainOptions the classification loop implements and the text-to-image loop does not.
+CLASSIFICATION_ONLY = ("steps", "eval_every_steps", "evals_per_run", "select_on", "augment")
 
 
 class OutputOptions(_Strict):
@@ -107,10 +138,16 @@ class RunSpec(_Strict):
     backbone: str = "vit_tiny_patch16_224"
     weights: str = Field(
         "random",
-        description="'random' (random init), 'pretrained' (the timm/HF hub default weights) or a path to a local weights file",
+        description="'random' (random init), 'pretrained' (the backbone's own weights: a builtin's packaged file, timm/HF hub) or the path of a weights file (any extension)",
     )
     weights_prefix: str | None = Field(
-        None, min_length=1, description="load only the weights file's keys under this prefix, without it (e.g. 'backbone.'); default: strip a module./model. prefix every key has"
+        None, min_length=1, description="load only the weights file's keys under this prefix, without it (e.g. 'backbone.'); default: strip a module./model./backbone./encoder. prefix every key has"
+    )
+    weights_key: str | None = Field(
+        None, min_length=1, description="dotted key path of the state dict in the weights file (e.g. 'model_ema'); default: the usual keys (state_dict, model, ...)"
+    )
+    head: str | None = Field(
+        None, min_length=1, description="name of the classifier Linear to replace (default: the Linear whose output is the model's output)"
     )
     image_size: int = Field(64, ge=8, le=4096)
     method: MethodSpec = Field(default_factory=MethodSpec)
@@ -145,6 +182,10 @@ class RunSpec(_Strict):
                 raise ValueError("shots, class_weighting and param_budget apply to classification runs only; use data_fraction for t2i")
             if self.train.compile:
                 raise ValueError("train.compile applies to classification runs only; drop --compile for t2i")
+            if self.train.protocol_options():
+                names = [f"train.{n}" for n in self.train.protocol_options()]
+                verb = "applies" if len(names) == 1 else "apply"
+                raise ValueError(f"{', '.join(names)} {verb} to classification runs only (t2i trains whole epochs and evaluates after each); drop it for t2i")
         return self
 
     @field_validator("param_budget", mode="before")
@@ -166,8 +207,12 @@ class RunSpec(_Strict):
 
     @model_validator(mode="after")
     def _prefix_needs_a_file(self) -> RunSpec:
-        if self.weights_prefix is not None and self.weights in ("random", "pretrained", "pipeline"):
-            raise ValueError(f"weights_prefix applies to a local weights file, not to weights {self.weights!r}; pass --weights FILE or drop --weights-prefix")
+        for name in ("weights_prefix", "weights_key"):
+            if getattr(self, name) is not None and self.weights in ("random", "pretrained", "pipeline"):
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{name} applies to a local weights file, not to weights {self.weights!r}; pass --weights FILE or drop {flag}")
+        if self.head is not None and self.task == "t2i":
+            raise ValueError("head applies to classification runs only; drop --head")
         return self
 
     @model_validator(mode="after")
@@ -180,7 +225,7 @@ class RunSpec(_Strict):
         """The options left out of the run key because they change only speed (e.g. lora impl, compile):
         recorded on the result row, so a row says which implementation computed it."""
         data = self.model_dump(mode="json", exclude={"output"})
-        out = {f"method.{n}": self.method.options[n] for n in METHOD_SPEED_ONLY.get(self.method.name, ()) if n in self.method.options}
+        out = {f"method.{n}": self.method.options[n] for n in method_speed_only(self.task, self.method.name) if n in self.method.options}
         out.update({f"train.{n}": data["train"][n] for n in TRAIN_SPEED_ONLY})
         if data.get("t2i"):
             out.update({f"t2i.{n}": data["t2i"][n] for n in T2I_SPEED_ONLY if n in data["t2i"]})
@@ -199,7 +244,7 @@ class RunSpec(_Strict):
                 node.pop(path[-1], None)
         for name in T2I_SPEED_ONLY if data.get("t2i") else ():
             data["t2i"].pop(name, None)
-        for name in METHOD_SPEED_ONLY.get(self.method.name, ()):
+        for name in method_speed_only(self.task, self.method.name):
             data["method"].pop(name, None)
         for name in TRAIN_SPEED_ONLY:
             data["train"].pop(name, None)
@@ -212,13 +257,25 @@ class RunSpec(_Strict):
         return data
 
 
-# Method options that only change how the same function is computed (equal within float rounding): never
-# in the run key, so choosing a faster implementation does not make a finished run look new.
-METHOD_SPEED_ONLY: dict[str, tuple[str, ...]] = {"lora": ("impl",)}
+def method_speed_only(task: str, method: str) -> tuple[str, ...]:
+    """Method options that only change how the same function is computed (equal within float rounding): never
+    in the run key, so choosing a faster implementation does not make a finished run look new. Each method
+    declares them (`register_method(speed_only=...)`, e.g. lora's `impl`); reading them needs no torch."""
+    from medpeft_cli.methods.catalog import speed_only_options
+
+    return speed_only_options(method, task)
+
+
 TRAIN_SPEED_ONLY = ("compile",)
 
 # field path -> default value at which it is left out of the run key
-_KEY_IF_SET: dict[tuple[str, ...], Any] = {("weights_prefix",): None, ("t2i",): None, ("param_budget",): None, ("shots",): None, ("data_resolution",): None, ("train", "class_weighting"): "none"}
+_KEY_IF_SET: dict[tuple[str, ...], Any] = {
+    ("weights_prefix",): None, ("weights_key",): None, ("head",): None, ("t2i",): None, ("param_budget",): None,
+    ("shots",): None, ("data_resolution",): None, ("train", "class_weighting"): "none",
+    # issue 15: run length in steps, the evaluation schedule, the selection rule, augmentation
+    ("train", "steps"): None, ("train", "eval_every_steps"): None, ("train", "evals_per_run"): None,
+    ("train", "select_on"): "val_macro_f1", ("train", "augment"): "none",
+}  # fmt: skip
 
 
 def run_key(spec: RunSpec) -> str:
@@ -256,7 +313,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+def set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set data[path[0]][path[1]]... = value, creating the nested dicts on the way."""
     node = data
     for part in path[:-1]:
         child = node.get(part)
@@ -302,10 +360,10 @@ def build_spec(config: Path | None = None, flags: dict[str, Any] | None = None, 
             if current_name != value:
                 data["method"] = {"name": value}
             continue
-        _set_path(data, path, value)
+        set_path(data, path, value)
     for text in overrides or []:
         path, value = parse_override(text)
-        _set_path(data, path, value)
+        set_path(data, path, value)
     try:
         return RunSpec.model_validate(data)
     except ValidationError as exc:

@@ -35,7 +35,7 @@ def load_run_model(run_dir: Path):
         raise UserError(f"cannot read the spec of {run_dir} ({exc}); the run directory is damaged") from None
     info = get_method(spec.method.name)
     options = validate_options(info, spec.method.options)
-    backbone = create_backbone(spec.backbone, spec.weights, row["num_classes"], spec.image_size, spec.seed, spec.weights_prefix)
+    backbone = create_backbone(spec.backbone, spec.weights, row["num_classes"], spec.image_size, spec.seed, spec.weights_prefix, weights_key=spec.weights_key, head=spec.head)
     if backbone.checksum != row.get("backbone_checksum"):
         raise UserError(
             f"the backbone weights rebuilt for {spec.backbone} ({backbone.weights_source}) differ from those run {row['run_key']} "
@@ -63,7 +63,7 @@ def export_merged(run_dir: Path, out_path: Path | None = None) -> dict[str, Any]
     with torch.no_grad():
         adapted = model(images)
         state = {k: v.detach().cpu().contiguous() for k, v in info.merge(model).items()}
-    plain = create_backbone(spec.backbone, spec.weights, row["num_classes"], spec.image_size, spec.seed, spec.weights_prefix).model
+    plain = create_backbone(spec.backbone, spec.weights, row["num_classes"], spec.image_size, spec.seed, spec.weights_prefix, weights_key=spec.weights_key, head=spec.head).model
     result = plain.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         example = (list(result.missing_keys) + list(result.unexpected_keys))[:3]
@@ -86,7 +86,7 @@ def export_merged(run_dir: Path, out_path: Path | None = None) -> dict[str, Any]
     load_hint = (
         f"timm.create_model({spec.backbone!r}, {create_kwargs}).load_state_dict({load})" if timm_model
         # transformers and custom backbones carry medpeft's head (models/heads.py): rebuild that shape
-        else f"medpeft_cli.models.create_backbone({spec.backbone!r}, 'random', {row['num_classes']}, {spec.image_size}, 0).model.load_state_dict({load})"
+        else f"medpeft_cli.models.create_backbone({spec.backbone!r}, 'random', {row['num_classes']}, {spec.image_size}, 0{f', head={spec.head!r}' if spec.head else ''}).model.load_state_dict({load})"
     )
     return {
         "path": str(path), "method": info.name, "backbone": spec.backbone, "load_hint": load_hint,

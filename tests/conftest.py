@@ -1,22 +1,25 @@
-"""Shared fixtures: tiny models, a session-wide data cache, and a CLI runner that sees stderr and exit codes."""
+"""Fixtures every test module gets: a session-wide data cache, signal handlers reset after each test,
+the shipped BreastMNIST file, and a CLI runner that sees stderr and exit codes. Shared helpers and
+constants live in helpers.py."""
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
+from helpers import BREASTMNIST_DIR
 
 # Under pytest-xdist every core already runs a worker: one math thread each avoids oversubscription
 # (measured here: a tiny run took 3.9 s with one thread, 18-34 s with two threads per worker).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-BREASTMNIST_DIR = REPO.parent / "shared" / "data" / "breastmnist"
-
-# Small settings every end-to-end test uses: timm's 0.3M-parameter test_vit at 32 px.
-TINY = ["--backbone", "test_vit", "--image-size", "32", "--epochs", "1", "--data-fraction", "0.2", "--batch-size", "64"]
+# No test may reach the network. Set here, before collection: huggingface_hub reads HF_HUB_OFFLINE once,
+# when first imported (test modules import timm at collection); set later, it was ignored and tests that
+# look for uncached weights tried the network (47 s each in one run here).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,7 +28,6 @@ def _data_cache(tmp_path_factory):
     path = tmp_path_factory.mktemp("medpeft-data")
     old = os.environ.get("MEDPEFT_DATA_DIR")
     os.environ["MEDPEFT_DATA_DIR"] = str(path)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
     yield path
     if old is None:
         os.environ.pop("MEDPEFT_DATA_DIR", None)
@@ -33,10 +35,20 @@ def _data_cache(tmp_path_factory):
         os.environ["MEDPEFT_DATA_DIR"] = old
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers():
+    """Every test starts with the session's SIGTERM/SIGUSR1/SIGINT handlers. A command run in-process
+    may install one for the rest of its process (`sweep run-one` turns SIGTERM into KeyboardInterrupt);
+    in a test process that would leak into whichever tests the worker runs next."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        if signal.getsignal(signum) is not handler:
+            signal.signal(signum, handler)
+
+
 @pytest.fixture
 def breastmnist_dir() -> Path:
-    if not (BREASTMNIST_DIR / "breastmnist.npz").is_file():
-        pytest.skip(f"BreastMNIST file not found at {BREASTMNIST_DIR} (../shared/data is absent in a user's clone)")
     return BREASTMNIST_DIR
 
 

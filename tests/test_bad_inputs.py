@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import hold_until_killed
 
 BASE = ["train", "--backbone", "test_vit", "--image-size", "32", "--epochs", "1", "-q"]
 KEY_FLAGS = {"backbone": "test_vit", "image_size": 32, "train.epochs": 1}
@@ -107,12 +108,10 @@ def db_locked(p, env):
     import duckdb
 
     duckdb.connect(str(db)).close()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, sys, time; c = duckdb.connect({str(db)!r}); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    env["cleanup"].append(holder.kill)
-    assert holder.stdout.readline().strip() == "held"
+    holder = subprocess.Popen([sys.executable, "-c", hold_until_killed(f"import duckdb; c = duckdb.connect({str(db)!r})")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    env["cleanup"].append(lambda: (holder.kill(), holder.wait()))
+    assert holder.stdout.readline().strip() == "ready"
     env["monkeypatch"].setattr("medpeft_cli.store.results.LOCK_TIMEOUT_S", 1.0)
     return BASE
 
@@ -251,9 +250,9 @@ CASES = [
     ("fraction above one", train("--data-fraction", "1.5"), "data_fraction"),
     ("negative epochs", train("--epochs", "-1"), "train.epochs"),
     ("zero batch size", train("--batch-size", "0"), "train.batch_size"),
-    ("shots and fraction together", train("--shots", "4", "--data-fraction", "0.5"), "not both"),
+    ("shots and fraction together", train("--shots", "4", "--data-fraction", "0.5"), "give either shots (4) or data_fraction (0.5), not both"),
     # data
-    ("missing data directory", train("--dataset", "breastmnist", "--data-dir", "nothere"), "breastmnist.npz not found"),
+    ("missing data directory", train("--dataset", "breastmnist", "--data-resolution", "64", "--data-dir", "nothere"), "breastmnist_64.npz not found"),
     ("npz not the official file", wrong_md5, "expected 750601b1f35ba3300ea97c75c52ff8f6"),
     ("corrupt image", corrupt_image, "b2.png"),
     ("label not one of the classes", label_not_a_class, "label 'c', which is not one of the classes"),

@@ -2,22 +2,15 @@
 
 import json
 
-import duckdb
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY, db_rows
 
 from medpeft_cli.report.runpage import run_href, shard
 
 
 def rows(db="results/medpeft.duckdb"):
-    con = duckdb.connect(db, read_only=True)
-    try:
-        cur = con.execute("SELECT * FROM runs ORDER BY finished_at")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
-    finally:
-        con.close()
+    return db_rows(db)
 
 
 def test_help_does_not_import_torch():
@@ -60,6 +53,7 @@ def test_train_store_eval_report(cli, tmp_path):
     assert f'id="{key}"' in (tmp_path / "site2" / "runs" / f"{shard(key)}.html").read_text()
 
 
+@pytest.mark.slow
 def test_rerun_is_skipped_and_force_replaces(cli):
     assert cli("train", *TINY, "--method", "linear", "-q", "--no-site").code == 0
     again = cli("train", *TINY, "--method", "linear", "-q", "--no-site")
@@ -70,6 +64,7 @@ def test_rerun_is_skipped_and_force_replaces(cli):
     assert len(rows()) == 1
 
 
+@pytest.mark.slow
 def test_bitfit_seed_and_config_with_override(cli, tmp_path):
     assert cli("train", *TINY, "--method", "bitfit", "--seed", "1", "-q", "--no-site").code == 0
     (tmp_path / "run.yaml").write_text("backbone: test_vit\nimage_size: 32\ndata_fraction: 0.2\nmethod: {name: lora, rank: 16}\ntrain: {epochs: 1}\n")
@@ -79,6 +74,7 @@ def test_bitfit_seed_and_config_with_override(cli, tmp_path):
     assert json.loads(by_method["lora"]["spec_json"])["method"] == {"name": "lora", "rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": ["qkv"]}
 
 
+@pytest.mark.slow
 def test_store_rebuild_restores_every_row(cli, tmp_path):
     for method in ("linear", "bitfit"):
         assert cli("train", *TINY, "--method", method, "-q", "--no-site").code == 0
@@ -98,12 +94,6 @@ def test_breastmnist_from_the_shared_file(cli, breastmnist_dir):
 
 
 # Bad input of every kind (one clear line, exit 2, nothing written): tests/test_bad_inputs.py.
-
-
-def test_eval_of_a_directory_that_is_not_a_run(cli, tmp_path):
-    (tmp_path / "notarun").mkdir()
-    res = cli("eval", "notarun")
-    assert res.code == 2 and "not a finished medpeft run" in res.stderr
 
 
 def test_methods_and_datasets_listings(cli):

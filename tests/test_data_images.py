@@ -9,7 +9,7 @@ from PIL import Image
 from medpeft_cli.data.images import ImageDecodeError, decode_resized
 from medpeft_cli.data.metadata import age_bin, sex_code
 
-from test_data_prepare_layouts import write_dicom
+from raw_layouts import write_dicom
 
 
 def gradient(h=8, w=10, top=1000) -> np.ndarray:

@@ -1,7 +1,6 @@
 """MedMNIST loading: the real BreastMNIST file, the search path, download and every user error."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,22 +9,40 @@ from medpeft_cli.data import get_dataset_entry, load_dataset
 from medpeft_cli.data.medmnist import file_md5, load_medmnist, load_medmnist_npz, verify_md5
 from medpeft_cli.errors import UserError
 
-SHARED_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "breastmnist"
 ENTRY = get_dataset_entry("breastmnist")
-SOURCE = ENTRY.at()  # the default (28 px) file
+SOURCE = ENTRY.at()  # the default (28 px) file, which ships inside the package
+SHARED_DIR = SOURCE.packaged.parent
 
 
 def _with(**changes):
-    """ENTRY with its 28 px file's fields (download_url, md5) changed."""
+    """ENTRY with its 28 px file's fields (download_url, md5) changed and no packaged copy (so it must be
+    found in the data dir or downloaded)."""
+    changes = {"packaged": False, **changes}
     return ENTRY.model_copy(update={"files": {**ENTRY.files, 28: ENTRY.files[28].model_copy(update=changes)}})
 
 
 @pytest.fixture(scope="module")
 def real_file():
-    path = SHARED_DIR / "breastmnist.npz"
-    if not path.is_file():
-        pytest.skip(f"BreastMNIST file not found at {path} (../shared/data is absent in a user's clone)")
-    return path
+    return SOURCE.packaged
+
+
+def test_the_packaged_file_is_the_official_one():
+    assert SOURCE.packaged.is_file() and SOURCE.packaged.name == "breastmnist.npz"
+    assert file_md5(SOURCE.packaged) == "750601b1f35ba3300ea97c75c52ff8f6"  # the official MedMNIST MD5
+    licence = (SOURCE.packaged.parent / "README.md").read_text(encoding="utf-8")
+    assert "CC BY 4.0" in licence and "doi:10.1038/s41597-022-01721-8" in licence
+
+
+def test_packaged_copy_loads_offline_from_an_empty_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDPEFT_OFFLINE", "1")
+    bundle = load_dataset("breastmnist", tmp_path / "empty")
+    assert str(SOURCE.packaged) in bundle.source and [len(bundle.splits[s]) for s in ("train", "val", "test")] == [546, 78, 156]
+    assert not (tmp_path / "empty").exists()  # nothing downloaded or written
+
+
+def test_a_file_in_the_data_dir_comes_before_the_packaged_copy(tmp_path):
+    shutil.copyfile(SOURCE.packaged, tmp_path / SOURCE.file)
+    assert str(tmp_path / SOURCE.file) in load_dataset("breastmnist", tmp_path, download=False).source
 
 
 def _one_line_error(excinfo):
@@ -99,7 +116,7 @@ def test_changed_byte_fails_md5(real_file, tmp_path):
 
 def test_missing_file_without_download(tmp_path):
     with pytest.raises(UserError) as err:
-        load_dataset("breastmnist", tmp_path, download=False)
+        load_medmnist(_with(), tmp_path, download=False)
     msg = _one_line_error(err)
     assert "breastmnist.npz not found" in msg and "download is off" in msg and "--data-dir" in msg
     for searched in (tmp_path / "breastmnist.npz", tmp_path / "breastmnist" / "breastmnist.npz"):

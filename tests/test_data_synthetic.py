@@ -198,6 +198,7 @@ def _best_threshold(x, positive):
     return candidates[int(np.argmax([np.mean((x > t) == positive) for t in candidates]))]
 
 
+@pytest.mark.slow
 def test_shape_and_texture_are_the_signal(bundle):
     """Two hand-made features, thresholded on train, recover each factor and the class on test."""
     train, test = bundle.splits["train"], bundle.splits["test"]

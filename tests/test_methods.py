@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_methods_zoo import single_thread  # noqa: F401  (one torch thread for tiny models)
+from helpers import single_thread  # noqa: F401  (one torch thread for tiny models)
 
 from medpeft_cli.errors import UserError
 from medpeft_cli.methods import check_supported, get_method, list_methods, validate_options

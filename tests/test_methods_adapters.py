@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from test_methods_zoo import adapted, images, method_params, perturb_trainable, rel_diff, single_thread, tiny_backbone  # noqa: F401
+from helpers import single_thread  # noqa: F401  (one torch thread for tiny models)
+from tiny_models import adapted, images, method_params, perturb_trainable, rel_diff, tiny_backbone
 
 from medpeft_cli.methods import get_method
 from medpeft_cli.methods.common import stage_convs, trainable_names

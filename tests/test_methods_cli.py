@@ -6,8 +6,7 @@ from pathlib import Path
 import duckdb
 import pytest
 import torch
-from conftest import TINY
-from test_methods_zoo import single_thread  # noqa: F401
+from helpers import TINY, single_thread  # noqa: F401  (single_thread: one torch thread for tiny models)
 
 from medpeft_cli.methods import FAMILIES, list_methods
 
@@ -70,6 +69,7 @@ def test_budget_errors_are_one_line(cli):
     assert res.code == 2 and "method.rank=7 conflicts with param_budget 1% (which needs rank=" in res.stderr
 
 
+@pytest.mark.slow
 def test_budgeted_qv_lora_run_exports_a_plain_timm_model(cli, tmp_path):
     import timm
     from safetensors.torch import load_file
@@ -102,6 +102,7 @@ def test_budgeted_qv_lora_run_exports_a_plain_timm_model(cli, tmp_path):
         assert float((plain.eval()(x) - expected).abs().max() / expected.abs().max()) < 1e-5
 
 
+@pytest.mark.slow
 def test_export_refuses_what_cannot_be_merged(cli):
     res = cli("export", "runs/none")
     assert res.code == 2 and "pass --merge" in res.stderr

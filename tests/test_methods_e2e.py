@@ -20,10 +20,13 @@ by 0.05.
 import numpy as np
 import pytest
 import torch
-from test_methods_zoo import TEST_OPTIONS, single_thread  # noqa: F401
+from helpers import single_thread  # noqa: F401  (one torch thread for tiny models)
+from tiny_models import TEST_OPTIONS
 
 from medpeft_cli.config import TrainOptions
 from medpeft_cli.methods import FAMILIES, get_method, list_methods, validate_options
+
+pytestmark = pytest.mark.slow  # pretrains, then trains every method for 2 epochs
 
 SIZE = 32
 
@@ -115,7 +118,8 @@ def _backbone(family: str, resnet_file, vit_file, num_classes: int):
     from safetensors.torch import load_file
 
     from medpeft_cli.models import create_backbone
-    from medpeft_cli.models.backbones import Backbone, _head_name, detect_family
+    from medpeft_cli.models.backbones import Backbone, detect_family
+    from medpeft_cli.models.timm_source import head_name as timm_head
 
     resnet = create_backbone("test_resnet", str(resnet_file), num_classes, SIZE, seed=0)  # a local weights file
     if family == "cnn":
@@ -124,7 +128,7 @@ def _backbone(family: str, resnet_file, vit_file, num_classes: int):
     missing = vit.load_state_dict(load_file(str(vit_file)), strict=False).missing_keys
     assert set(missing) == {"head.weight", "head.bias"}
     vit.eval()
-    return Backbone(vit, "resnet-stem-vit", detect_family(vit), _head_name(vit), f"file:{vit_file}", sum(p.numel() for p in vit.parameters()), "")
+    return Backbone(vit, "resnet-stem-vit", detect_family(vit), timm_head(vit), f"file:{vit_file}", sum(p.numel() for p in vit.parameters()), "")
 
 
 @pytest.mark.parametrize("method", [m.name for m in list_methods("classification")])

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from test_methods_zoo import adapted, method_params, perturb_trainable, single_thread  # noqa: F401
+from helpers import single_thread  # noqa: F401  (one torch thread for tiny models)
+from tiny_models import adapted, method_params, perturb_trainable
 
 from medpeft_cli.errors import UserError
 from medpeft_cli.methods.common import trainable_names
@@ -40,10 +41,11 @@ def test_fact_refuses_mlps_that_are_not_whole_multiples_of_the_width():
     from timm.models.eva import Eva
 
     from medpeft_cli.methods import get_method, validate_options
-    from medpeft_cli.models.backbones import Backbone, _head_name
+    from medpeft_cli.models.backbones import Backbone
+    from medpeft_cli.models.timm_source import head_name as timm_head
 
     model = Eva(img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=2, num_classes=3, swiglu_mlp=True, mlp_ratio=4 * 2 / 3)
-    bb = Backbone(model, "eva02-swiglu", "vit", _head_name(model), "random", 0, "")
+    bb = Backbone(model, "eva02-swiglu", "vit", timm_head(model), "random", 0, "")
     info = get_method("fact-tt")
     with pytest.raises(UserError, match="FacT needs every block Linear to be a multiple of the width 64"):
         info.apply(bb, validate_options(info, {}))

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from test_methods_zoo import adapted, images, method_params, perturb_trainable, rel_diff, single_thread, tiny_backbone  # noqa: F401
+from helpers import single_thread  # noqa: F401  (one torch thread for tiny models)
+from tiny_models import adapted, images, method_params, perturb_trainable, rel_diff, tiny_backbone
 
 from medpeft_cli.errors import UserError
 from medpeft_cli.methods import get_method
@@ -120,7 +121,8 @@ def test_peft_runs_keep_batchnorm_statistics_of_the_backbone(tmp_path):
     from timm.models.vision_transformer import VisionTransformer
 
     from medpeft_cli.methods import validate_options
-    from medpeft_cli.models.backbones import Backbone, _head_name, detect_family
+    from medpeft_cli.models.backbones import Backbone, detect_family
+    from medpeft_cli.models.timm_source import head_name as timm_head
 
     def hybrid():
         torch.manual_seed(0)
@@ -129,7 +131,7 @@ def test_peft_runs_keep_batchnorm_statistics_of_the_backbone(tmp_path):
         stem.num_features = 48
         vit = VisionTransformer(img_size=32, patch_size=1, embed_dim=64, depth=1, num_heads=2, num_classes=3,
                                 embed_layer=lambda **kw: HybridEmbed(stem, feature_size=(4, 4), feature_ratio=8, **kw))
-        return Backbone(vit.eval(), "hybrid", detect_family(vit), _head_name(vit), "random", 0, "")
+        return Backbone(vit.eval(), "hybrid", detect_family(vit), timm_head(vit), "random", 0, "")
 
     info = get_method("lora")
     model = info.apply(hybrid(), validate_options(info, {}))

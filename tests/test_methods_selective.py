@@ -1,7 +1,8 @@
 """Selective methods train an existing subset of the backbone: exactly which parameters, and how many."""
 
 import torch
-from test_methods_zoo import NUM_CLASSES, adapted, method_params, single_thread, tiny_backbone  # noqa: F401
+from helpers import single_thread  # noqa: F401  (one torch thread for tiny models)
+from tiny_models import adapted, method_params
 
 from medpeft_cli.methods.common import counted_parameters, trainable_names
 

@@ -1,11 +1,12 @@
 """SSF: where the scale/shift pairs go, how many there are, and that they fold into the layer before them."""
 
 import torch
-from test_methods_zoo import adapted, images, method_params, perturb_trainable, rel_diff, single_thread, tiny_backbone  # noqa: F401
+from helpers import single_thread  # noqa: F401  (one torch thread for tiny models)
+from tiny_models import adapted, images, method_params, perturb_trainable, rel_diff, tiny_backbone
 
 from medpeft_cli.methods import get_method
 from medpeft_cli.methods.common import trainable_names
-from medpeft_cli.methods.ssf import ssf_targets
+from medpeft_cli.methods.classification.ssf import ssf_targets
 
 
 def test_ssf_on_a_vit_follows_every_linear_and_layernorm():

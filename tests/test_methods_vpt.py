@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from test_methods_zoo import adapted, images, method_params, single_thread, tiny_backbone  # noqa: F401
+from helpers import single_thread  # noqa: F401  (one torch thread for tiny models)
+from tiny_models import adapted, images, method_params, tiny_backbone
 
 from medpeft_cli.errors import UserError
 from medpeft_cli.methods.common import trainable_names

@@ -13,29 +13,19 @@ import os
 import signal
 from pathlib import Path
 
-import duckdb
 import pytest
 import torch
+from helpers import at_optimizer_step, db_rows, run_cli_killed_at_step, seeded_step, single_thread  # noqa: F401
 
 from medpeft_cli.report.runpage import shard
+
+pytestmark = pytest.mark.slow  # every test trains (the reference run: 3 epochs)
 
 # 120 training images (8 steps of 16 per epoch), 3 epochs: small enough for a 2-core CPU.
 ARGS = ["--backbone", "test_vit", "--image-size", "32", "--epochs", "3", "--data-fraction", "0.05", "--batch-size", "16", "--method", "lora"]
 FLAGS = {"backbone": "test_vit", "image_size": 32, "train.epochs": 3, "data_fraction": 0.05, "train.batch_size": 16, "method": "lora"}
 STEPS_PER_EPOCH = 8
 SECRETS = {"HF_TOKEN": "hf_secretTOKEN123", "HUGGING_FACE_HUB_TOKEN": "hf_otherSECRET456", "AWS_SECRET_ACCESS_KEY": "awsSECRET789", "MEDPEFT_API_KEY": "mpSECRET000"}
-
-
-def db_rows(db: Path) -> list[dict]:
-    if not Path(db).exists():
-        return []
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        cur = con.execute("SELECT * FROM runs")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
-    finally:
-        con.close()
 
 
 def outcome_of(row: dict, run_dir: Path) -> dict:
@@ -52,18 +42,8 @@ def outcome_of(row: dict, run_dir: Path) -> dict:
     }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: bitwise comparisons need equal thread counts, and on 2 shared cores one
-    thread is ~5x faster than two fighting other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, one_thread):
+def reference(tmp_path_factory, single_thread):  # one thread: bitwise comparisons need equal thread counts
     """One uninterrupted run, made with secrets in the environment (the security test reads it)."""
     from medpeft_cli.config import build_spec
     from medpeft_cli.train.runner import train
@@ -100,32 +80,15 @@ def load_checkpoint(tmp_path: Path, key: str) -> dict:
     return torch.load(path, weights_only=True)
 
 
-def at_step(monkeypatch, n: int, action):
-    """Run `action` when the training loop reports its n-th optimizer step (counted over epochs);
-    returns a function that removes the hook."""
-    from medpeft_cli.train.progress import EpochProgress
-
-    original = EpochProgress.step
-    calls = {"n": 0}
-
-    def step(self, n_images):
-        calls["n"] += 1
-        if calls["n"] == n:
-            action()
-
-    monkeypatch.setattr(EpochProgress, "step", step)
-    return lambda: monkeypatch.setattr(EpochProgress, "step", original)
-
-
 def test_same_spec_and_seed_twice_is_bitwise_identical(cli, tmp_path, reference):
     res = cli("train", *ARGS, "-q", "--no-site")
     assert res.code == 0, res.stderr
     assert_same_as_reference(tmp_path, reference)
 
 
-def test_sigterm_stops_at_a_step_boundary_with_exit_75_and_resume_is_exact(cli, tmp_path, reference, monkeypatch):
+def test_sigterm_stops_at_a_step_boundary_with_exit_75_and_resume_is_exact(cli, tmp_path, reference, request):
     # SIGTERM (what Slurm sends) in the middle of epoch 2: the loop finishes the step, checkpoints, exits 75.
-    unhook = at_step(monkeypatch, STEPS_PER_EPOCH + 3, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    unhook = at_optimizer_step(request, STEPS_PER_EPOCH + 3, lambda: os.kill(os.getpid(), signal.SIGTERM))
     res = cli("train", *ARGS, "-q", "--no-site")
     assert res.code == 75, res.stderr
     lines = res.stderr.strip().splitlines()
@@ -149,11 +112,11 @@ def test_sigterm_stops_at_a_step_boundary_with_exit_75_and_resume_is_exact(cli, 
     assert_same_as_reference(tmp_path, reference)
 
 
-def test_a_crash_is_recorded_as_failed_and_resume_continues_from_the_last_epoch(cli, tmp_path, reference, monkeypatch):
+def test_a_crash_is_recorded_as_failed_and_resume_continues_from_the_last_epoch(cli, tmp_path, reference, request):
     def crash():
         raise RuntimeError("simulated crash (out of memory)")
 
-    unhook = at_step(monkeypatch, STEPS_PER_EPOCH + 2, crash)
+    unhook = at_optimizer_step(request, STEPS_PER_EPOCH + 2, crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         cli("train", *ARGS, "-q", "--no-site")
     key = reference["key"]
@@ -169,7 +132,7 @@ def test_a_crash_is_recorded_as_failed_and_resume_continues_from_the_last_epoch(
     assert_same_as_reference(tmp_path, reference)
 
 
-def test_disk_full_while_storing_leaves_no_row_and_resume_stores_without_retraining(cli, tmp_path, reference, monkeypatch):
+def test_disk_full_while_storing_leaves_no_row_and_resume_stores_without_retraining(cli, tmp_path, reference, monkeypatch, request):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -189,7 +152,7 @@ def test_disk_full_while_storing_leaves_no_row_and_resume_stores_without_retrain
 
     monkeypatch.setattr(checkpoint, "save_weights", real)
     seen = []
-    at_step(monkeypatch, 1, lambda: seen.append("trained"))
+    at_optimizer_step(request, 1, lambda: seen.append("trained"))
     resumed = cli("train", *ARGS, "-q", "--no-site", "--resume")
     assert resumed.code == 0, resumed.stderr
     assert seen == [], "resuming after the last epoch must not train again"
@@ -198,8 +161,10 @@ def test_disk_full_while_storing_leaves_no_row_and_resume_stores_without_retrain
 
 def test_nan_loss_is_stored_as_diverged_with_no_metrics_and_shown_so_on_the_site(cli, tmp_path):
     res = cli("train", *ARGS[:4], "--epochs", "2", "--data-fraction", "0.05", "--method", "full", "--lr", "1e30", "-q", "--site", "site")
-    assert res.code == 0, res.stderr
+    assert res.code == 3, res.stderr  # stored, with status diverged (errors.py: exit code 3)
     assert "diverged" in res.stdout
+    [line] = res.stderr.strip().splitlines()
+    assert line.startswith("medpeft: diverged: training loss became nan in epoch 1") and "with status diverged; lower the learning rate" in line
     [row] = db_rows(tmp_path / "results" / "medpeft.duckdb")
     assert row["status"] == "diverged" and "nan" in row["status_detail"].lower() and "epoch 1" in row["status_detail"]
     for column in ("test_macro_f1", "test_accuracy", "test_balanced_accuracy", "test_auroc", "val_macro_f1", "test_ece", "best_epoch"):
@@ -246,33 +211,15 @@ def test_no_secret_reaches_the_row_or_the_run_directory(reference):
     assert {p.suffix for p in files if p.suffix in (".pt", ".pth", ".bin", ".pkl")} == set()
 
 
-def test_sigkill_at_a_random_point_then_resume_equals_the_uninterrupted_run(cli, tmp_path, reference):
-    """A real process killed with SIGKILL (no handler can run) after its first checkpoint."""
-    import random
-    import subprocess
-    import sys
-    import time
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    proc = subprocess.Popen([sys.executable, "-m", "medpeft_cli", "train", *ARGS, "-q", "--no-site"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    ckpt = tmp_path / "runs" / ".partial" / reference["key"] / "checkpoint.pt"
-    try:
-        deadline = time.monotonic() + 240
-        while not ckpt.is_file():
-            assert proc.poll() is None, f"training ended before its first checkpoint: {proc.stderr.read().decode()}"
-            assert time.monotonic() < deadline, "no checkpoint after 240 s"
-            time.sleep(0.02)
-        delay = random.uniform(0.0, 0.5)
-        time.sleep(delay)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (tmp_path / "runs" / reference["key"]).exists(), f"the run finished within {delay:.2f} s of its first checkpoint; the kill came too late"
-    assert db_rows(tmp_path / "results" / "medpeft.duckdb") == []
-    epoch = load_checkpoint(tmp_path, reference["key"])["epoch"]
-    assert epoch in (2, 3)
+def test_sigkill_at_a_seeded_step_then_resume_equals_the_uninterrupted_run(cli, tmp_path, reference, request):
+    """A real process killed with SIGKILL (no handler can run) at a seeded optimizer step after its first
+    checkpoint; the kill comes from inside the child, so where it lands does not depend on timing."""
+    step = seeded_step(request, STEPS_PER_EPOCH + 1, 3 * STEPS_PER_EPOCH)
+    run_cli_killed_at_step(["train", *ARGS, "-q", "--no-site"], step, cwd=tmp_path)
+    assert not (tmp_path / "runs" / reference["key"]).exists() and db_rows(tmp_path / "results" / "medpeft.duckdb") == []
+    state = load_checkpoint(tmp_path, reference["key"])
+    finished_epochs = (step - 1) // STEPS_PER_EPOCH  # the checkpoint written at the end of the last whole epoch
+    assert (state["epoch"], state["step"], len(state["history"])) == (finished_epochs + 1, 0, finished_epochs)
 
     resumed = cli("train", *ARGS, "-q", "--no-site", "--resume")
     assert resumed.code == 0, resumed.stderr

@@ -8,23 +8,24 @@ import sys
 
 import duckdb
 import pytest
+from helpers import child_env, hold_until_killed
 
 from medpeft_cli.store.locks import RunLocked, lock_path, run_lock
 
-HOLD = """
-import sys, time
+# Holds the lock of key k1 until its stdin closes or it is killed.
+HOLD = hold_until_killed("""
+import sys
 from pathlib import Path
 from medpeft_cli.store.locks import run_lock
-with run_lock(Path(sys.argv[1]), "k1"):
-    print("locked", flush=True)
-    time.sleep(120)
-"""
+lock = run_lock(Path(sys.argv[1]), "k1")
+lock.__enter__()
+""")
 
 
 def test_a_held_key_is_refused_naming_the_holder_and_freed_when_the_holder_is_killed(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(RunLocked, match=f"run k1 is being trained by another process \\(pid {holder.pid} on "):
             with run_lock(tmp_path, "k1"):
                 pass
@@ -61,13 +62,15 @@ def test_a_lock_file_replaced_while_waiting_is_not_trusted(tmp_path, monkeypatch
         assert calls["n"] == 2 and os.stat(path).st_size > 0  # locked (and wrote its holder into) the file that is there
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # two training processes at once (measured: 10-31 s on 2 shared cores)
 def test_two_processes_starting_the_same_run_key_store_one_row(tmp_path):
     args = ["train", "--backbone", "test_vit", "--image-size", "32", "--epochs", "1", "--data-fraction", "0.05", "--batch-size", "16",
             "--method", "linear", "-q", "--no-site"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    procs = [subprocess.Popen([sys.executable, "-m", "medpeft_cli", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "medpeft_cli", *args], cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
-    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+    outputs = [p.communicate() for p in procs]  # waits on each process's exit (pytest-timeout guards the whole test)
+    results = [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
     trained = [r for r in results if r[0] == 0 and "already finished" not in r[1]]
     assert len(trained) == 1, results
     for code, stdout, stderr in results:

@@ -26,8 +26,8 @@ from medpeft_cli.report.render import make_env
 from medpeft_cli.report.runpage import run_href, shard
 from medpeft_cli.report.sitedir import MARKER
 from medpeft_cli.report.stats import Stat
-from medpeft_cli.report.synthetic import method_catalog, synthetic_rows
 from medpeft_cli.store.results import COLUMNS
+from synthetic_results import method_catalog, synthetic_rows
 
 XSS_DATASET = "<script>alert(1)</script>"
 XSS_METHOD = '"><img src=x onerror=alert(1)>'
@@ -528,12 +528,14 @@ def test_report_command(cli, rows, tmp_path):
 
 def test_report_never_imports_torch(tmp_path):
     code = (
-        "import sys, json\n"
+        f"import sys, json\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "import medpeft_cli.report as r\n"
         "from medpeft_cli.report import boards, catalog, charts, export, fragments, keys, metrics, overview, pages, render\n"
-        "from medpeft_cli.report import runfiles, runpage, runs, significance, sitedir, stats, synthetic, formatting, assets\n"
-        "rows = synthetic.synthetic_rows(backbones=('resnet50',), datasets=('demo-xray', 'demo-ct'), fractions=(1.0,))\n"
-        f"r.build_site(rows, {str(tmp_path / 'site')!r}, methods=synthetic.method_catalog())\n"
+        "from medpeft_cli.report import runfiles, runpage, runs, significance, sitedir, stats, formatting, assets\n"
+        "from medpeft_cli.methods import method_catalog\n"
+        "import synthetic_results\n"
+        "rows = synthetic_results.synthetic_rows(backbones=('resnet50',), datasets=('demo-xray', 'demo-ct'), fractions=(1.0,))\n"
+        f"r.build_site(rows, {str(tmp_path / 'site')!r}, methods=method_catalog())  # the whole registry, read without torch\n"
         "bad = [m for m in ('torch', 'timm', 'peft', 'accelerate', 'torchvision', 'diffusers') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

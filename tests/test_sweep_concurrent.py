@@ -5,6 +5,7 @@ the same moment. No row may be lost or duplicated, the DuckDB file must stay rea
 import multiprocessing as mp
 
 import duckdb
+import pytest
 
 from medpeft_cli.store import append, write_run_dir
 
@@ -19,7 +20,7 @@ def _finish_run(runs_dir, db, writer, barrier):
     """What the end of a run does: write runs/<key>/ atomically, then append the row."""
     key = f"task{writer:02d}"
     row = _row(key, writer)
-    barrier.wait(60)  # every process appends at the same moment
+    barrier.wait(600)  # every process appends at the same moment (the bound only guards against a hang)
     write_run_dir(runs_dir, key, lambda tmp: row)
     append(db, row)
     if writer % 8 == 0:
@@ -34,6 +35,7 @@ def _table(db):
         con.close()
 
 
+@pytest.mark.slow
 def test_32_writers_at_once_then_rebuild(tmp_path, cli):
     runs_dir, db = tmp_path / "runs", tmp_path / "results" / "medpeft.duckdb"
     ctx = mp.get_context("forkserver")

@@ -27,6 +27,7 @@ def rows(db):
         con.close()
 
 
+@pytest.mark.slow
 def test_plan_run_missing_then_report(cli, tmp_path):
     (tmp_path / "grid.yaml").write_text(GRID)
     # One run of the grid already exists, started by hand with the same settings.
@@ -56,6 +57,7 @@ def test_plan_run_missing_then_report(cli, tmp_path):
     assert all(f'id="{r["run_key"]}"' in (tmp_path / "site" / "runs" / f"{shard(r['run_key'])}.html").read_text() for r in stored)
 
 
+@pytest.mark.slow
 def test_a_failing_run_does_not_stop_the_sweep(cli, tmp_path):
     # 5000 shots per class is more than the training split has: that run fails when it starts
     grid = GRID.replace("data_fraction: 0.2\n", "").replace("method: [linear, bitfit]", "method: [linear]\n  shots: [5000, 8]")
@@ -68,6 +70,7 @@ def test_a_failing_run_does_not_stop_the_sweep(cli, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # two training subprocesses (measured: 8-45 s on 2 shared cores)
 def test_concurrent_runs_as_subprocesses(cli, tmp_path):
     (tmp_path / "grid.yaml").write_text(GRID)
     res = cli("sweep", "run", "grid.yaml", "--concurrent", "2")
@@ -94,6 +97,7 @@ def _warm_hf_cache(cache, model_name):
     return repo
 
 
+@pytest.mark.slow
 def test_offline_sweep_names_what_is_missing_and_runs_from_a_warm_cache(cli, tmp_path, monkeypatch):
     import huggingface_hub.constants
 

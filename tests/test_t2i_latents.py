@@ -119,6 +119,7 @@ def test_cached_and_uncached_batches_give_the_same_loss(pipe, captioned):
     assert torch.allclose(cached, uncached, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_loss_and_leaves_encoders_bitwise_unchanged(pipe, captioned):
     from accelerate import Accelerator
 
@@ -149,6 +150,7 @@ def test_short_training_lowers_the_loss_and_leaves_encoders_bitwise_unchanged(pi
         assert torch.equal(tensor, text_before[name]), name
 
 
+@pytest.mark.slow
 def test_ema_weights_are_what_training_leaves_in_the_unet(pipe, captioned):
     from accelerate import Accelerator
 

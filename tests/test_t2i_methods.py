@@ -113,7 +113,7 @@ def test_svdiff_trains_one_shift_per_singular_value_and_changes_the_output_once_
 
 
 def test_svdiff_shift_scales_the_singular_values():
-    from medpeft_cli.t2i.spectral import add_spectral_shifts
+    from medpeft_cli.methods.layers.spectral import add_spectral_shifts
 
     layer = torch.nn.Linear(6, 4)
     add_spectral_shifts(layer)

@@ -8,7 +8,7 @@ backend: the same graph capture and in-place module compile, without code genera
 import json
 
 import pytest
-from conftest import TINY
+from helpers import TINY
 from torch import nn
 
 
@@ -28,6 +28,7 @@ def compiled(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_compile_trains_stores_and_keeps_the_run_key(cli, compiled, tmp_path):
     from medpeft_cli.config import build_spec, run_key
     from medpeft_cli.train.runner import resolve

@@ -8,8 +8,8 @@ import textwrap
 import duckdb
 import pytest
 
-from medpeft_cli.sweep.manifest import TuneGroup
-from medpeft_cli.sweep.tune import best_lr, fail_running_trials, run_study, study_progress
+from medpeft_cli.errors import RunDiverged
+from medpeft_cli.sweep.tune import TuneGroup, best_lr, fail_running_trials, run_study, study_progress
 
 
 def group(trials=12, study="synthetic-lesions.test_vit.linear.x"):
@@ -32,7 +32,7 @@ def fake_train(spec, force=False, progress=None, lr_origin=None):
     lr = spec.train.lr
     assert spec.data_fraction == 1.0 and spec.seed == 0 and force  # trials use the tuning settings
     if lr > 0.05:
-        raise FloatingPointError("training loss became nan in epoch 1; lower the learning rate")
+        raise RunDiverged("training loss became nan in epoch 1; stored as run k with status diverged; lower the learning rate")
     progress.start(3, 100)
     for epoch in (1, 2, 3):
         record = {"epoch": epoch, "val_macro_f1": quality(lr) * epoch / 3, "train_loss": 1.0, "train_images_per_s": 1.0}
@@ -41,10 +41,11 @@ def fake_train(spec, force=False, progress=None, lr_origin=None):
     return FakeOutcome({"val_macro_f1": quality(lr)})
 
 
+@pytest.mark.slow
 def test_study_prunes_bad_trials_and_fixes_its_answer(tmp_path, monkeypatch):
     import optuna
 
-    monkeypatch.setattr("medpeft_cli.train.runner.train", fake_train)
+    monkeypatch.setattr("medpeft_cli.run.train", fake_train)
     storage = str(tmp_path / "journal.log")
     g = group(trials=12)
     assert best_lr(storage, g) is None and study_progress(storage, g) == 0
@@ -82,6 +83,7 @@ def _worker(storage, worker):
     run_study(storage, group(trials=8), worker=worker, echo=lambda line: None)
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_journal_study(tmp_path):
     storage = str(tmp_path / "journal.log")
     ctx = mp.get_context("forkserver")
@@ -121,6 +123,7 @@ tune: {trials: 2, data_fraction: 0.2, storage: tune/journal.log}
 """
 
 
+@pytest.mark.slow
 def test_tune_stores_the_best_lr_and_sweep_reuses_it(cli, tmp_path):
     (tmp_path / "grid.yaml").write_text(textwrap.dedent(GRID))
     waiting = cli("sweep", "plan", "grid.yaml")

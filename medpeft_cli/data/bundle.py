@@ -3,11 +3,22 @@ per-sample group ids (patient / lesion) and metadata (sex, age bin, skin type, s
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 SPLIT_NAMES = ("train", "val", "test")
+
+
+def split_checksum(ids_by_split: Mapping[str, Sequence[str] | np.ndarray]) -> str:
+    """sha256 of the assignment {split: sorted ids}: the same partition gives the same checksum,
+    however the file that holds it is formatted or ordered."""
+    canonical = {s: sorted(str(i) for i in ids_by_split[s]) for s in SPLIT_NAMES}
+    payload = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,8 +72,6 @@ class DatasetBundle:
         if tuple(self.splits) != SPLIT_NAMES:
             raise ValueError(f"splits must be exactly {SPLIT_NAMES}, got {tuple(self.splits)}")
         if not self.split_checksum:
-            from .splits import split_checksum
-
             object.__setattr__(self, "split_checksum", split_checksum({s: self.splits[s].ids for s in SPLIT_NAMES}))
         missing = [c for c in self.subgroups if any(c not in self.splits[s].meta for s in SPLIT_NAMES)]
         if missing:

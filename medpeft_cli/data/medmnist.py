@@ -75,12 +75,15 @@ def download_file(entry: MedMNISTSource, dest: Path, timeout: float = DOWNLOAD_T
             os.remove(tmp)
 
 
-def locate(entry: MedMNISTSource, data_dir: Path, download_missing: bool) -> Path:
-    """The path of entry.file under data_dir, downloading it when absent and allowed."""
+def locate(entry: MedMNISTSource, data_dir: Path, download_missing: bool, packaged: bool = True) -> Path:
+    """The path of entry.file under data_dir, else the copy shipped with medpeft (when `packaged`), else
+    downloaded when allowed."""
     paths = candidate_paths(entry, data_dir)
     for path in paths:
         if path.is_file():
             return path
+    if packaged and entry.packaged is not None and entry.packaged.is_file():  # shipped with medpeft: no download needed
+        return entry.packaged
     searched = ", ".join(str(p) for p in paths)
     todo = (
         f"place the official file at one of those paths or pass --data-dir to the folder that holds it "
@@ -205,7 +208,7 @@ def prepare_medmnist(entry: MedMNISTEntry, raw: Path, data_dir: Path, resolution
         raise UserError(f"{entry.name} is already prepared at {existing[0]}; pass --force to prepare it again (it replaces that folder)")
     bundles = []
     for src in sources:
-        path = locate(src, Path(raw), download_missing=False)
+        path = locate(src, Path(raw), download_missing=False, packaged=False)  # --raw names where the files are
         verify_md5(path, src.md5)
         bundles.append((src, path, load_medmnist_npz(path, src)))
     parent = prepared_root(data_dir, entry.name)

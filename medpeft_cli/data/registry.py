@@ -82,6 +82,8 @@ class MedMNISTFile(_Strict):
     file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.npz$")
     download_url: str
     md5: str = Field(pattern=r"^[0-9a-f]{32}$")
+    # The file ships inside the package (resources/data/<name>/<file>): found offline, MD5 checked as usual.
+    packaged: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class MedMNISTSource:
     download_url: str
     md5: str
     split_sizes: SplitSizes
+    packaged: Path | None = None  # the copy shipped inside the package, if there is one
 
 
 class MedMNISTEntry(DatasetEntry):
@@ -123,8 +126,9 @@ class MedMNISTEntry(DatasetEntry):
             have = ", ".join(str(r) for r in sorted(self.files))
             raise UserError(f"{self.name} has no {res} px release; MedMNIST publishes it at {have} px (choose one of those)")
         f = self.files[res]
+        shipped = Path(str(importlib.resources.files("medpeft_cli") / "resources" / "data" / self.name / f.file)) if f.packaged else None
         return MedMNISTSource(
-            self.name, self.task, list(self.classes or []), res, f.file, f.download_url, f.md5, self.split_sizes
+            self.name, self.task, list(self.classes or []), res, f.file, f.download_url, f.md5, self.split_sizes, shipped
         )
 
 

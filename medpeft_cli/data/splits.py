@@ -8,7 +8,6 @@ for every future version: it only uses numpy's uniform stream, like sampling.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,17 +16,9 @@ import numpy as np
 
 from medpeft_cli.errors import UserError
 
-from .bundle import SPLIT_NAMES
+from .bundle import SPLIT_NAMES, split_checksum
 
 SPLIT_FILE_FORMAT = "medpeft-splits-v1"
-
-
-def split_checksum(ids_by_split: Mapping[str, Sequence[str] | np.ndarray]) -> str:
-    """sha256 of the assignment {split: sorted ids}: the same partition gives the same checksum,
-    however the file that holds it is formatted or ordered."""
-    canonical = {s: sorted(str(i) for i in ids_by_split[s]) for s in SPLIT_NAMES}
-    payload = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
 def grouped_stratified_split(

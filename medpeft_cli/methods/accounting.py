@@ -11,15 +11,16 @@ import copy
 from typing import Any
 
 from medpeft_cli.errors import UserError
+from medpeft_cli.methods.catalog import list_methods
 from medpeft_cli.methods.common import counted_parameters
-from medpeft_cli.methods.registry import MethodInfo, list_methods, validate_options
+from medpeft_cli.methods.registry import TASK_FAMILIES, MethodInfo, validate_options
 
 
-def meta_backbone(name: str, image_size: int, num_classes: int = 2):
+def meta_backbone(name: str, image_size: int, num_classes: int = 2, head: str | None = None):
     """The backbone with shapes only (no memory, no weights, a second for ViT-B); any source (models/sources.py)."""
     from medpeft_cli.models.backbones import shape_backbone
 
-    return shape_backbone(name, image_size, num_classes)
+    return shape_backbone(name, image_size, num_classes, head=head)
 
 
 def copy_backbone(backbone):
@@ -51,8 +52,6 @@ def backbone_table(backbone, every_method: bool = False) -> list[dict[str, Any]]
     With `every_method`, methods of other families get a row too ({"method", "error", "families"}). A method
     that supports the family but cannot find what it needs in this model has an "error" row either way.
     """
-    from medpeft_cli.methods.registry import TASK_FAMILIES
-
     base = backbone.num_params - head_params(backbone)
     rows = []
     for info in list_methods("classification"):

@@ -14,7 +14,8 @@ from typing import Any
 from medpeft_cli.config import BUDGET_PATTERN
 from medpeft_cli.errors import UserError
 from medpeft_cli.methods.accounting import copy_backbone, head_params, method_params
-from medpeft_cli.methods.registry import MethodInfo, check_supported, list_methods, validate_options
+from medpeft_cli.methods.catalog import list_methods
+from medpeft_cli.methods.registry import MethodInfo, check_supported, validate_options
 
 MAX_KNOB = 4096  # search bound for knobs that take any positive integer (rank, bottleneck, prompt length)
 

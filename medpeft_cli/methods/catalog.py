@@ -1,64 +1,85 @@
-"""The method registry as plain data (name, task, family, citation, ...), for the leaderboard site.
+"""Every registered method, found by importing the modules of the method packages.
 
-Reading the registry imports every method module, and with them torch (~2.5 s). `medpeft report`
-needs only this metadata, so a copy ships as resources/method_catalog.json together with a digest
-of the method modules' source. When the digest still matches the installed code the copy is used;
-otherwise (someone edited a method) the live registry is read. Regenerate the copy with
+A task's methods are the modules of medpeft_cli/methods/<task>/ (`classification/`, `t2i/`): each
+module registers its methods with `@register_method`, so adding a method is adding a module there (and
+its test); nothing keeps a list of modules or methods. Method modules import torch only inside their
+functions, so the catalogue (and `medpeft methods`, `medpeft report`) costs pydantic, not torch.
 
-    python -m medpeft_cli.methods.catalog
-
-(tests/test_methods_catalog.py fails while it is stale).
+Listing order, per task: the baselines, then the methods of the reference study, then the others;
+within each group, modules in alphabetical order and methods in the order their module registers them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
+import importlib
+import pkgutil
 from typing import Any
 
-PACKAGE = Path(__file__).resolve().parent.parent
-CATALOG_FILE = PACKAGE / "resources" / "method_catalog.json"
-# The modules whose @register_method calls make up the registry (methods/registry.py imports them).
-SOURCES = ("methods/*.py", "t2i/methods.py")
+from medpeft_cli.errors import UserError
+from medpeft_cli.methods.registry import FAMILIES, TASK_FAMILIES, MethodInfo, registered
+
+PACKAGE = "medpeft_cli.methods"
+
+_loaded: list[MethodInfo] = []
 
 
-def source_digest() -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for pattern in SOURCES for p in PACKAGE.glob(pattern)):
-        digest.update(path.relative_to(PACKAGE).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+def _load() -> list[MethodInfo]:
+    if not _loaded:
+        for task in TASK_FAMILIES:
+            package = importlib.import_module(f"{PACKAGE}.{task}")
+            for module in pkgutil.iter_modules(package.__path__, f"{package.__name__}."):
+                importlib.import_module(module.name)
+        found = registered()
+        for info in found:  # a method registered under a task lives in that task's package
+            if not info.apply.__module__.startswith(f"{PACKAGE}.{info.task}."):
+                raise ValueError(f"method {info.name!r} of task {info.task!r} is registered in {info.apply.__module__}, outside {PACKAGE}.{info.task}")
+        tasks = list(TASK_FAMILIES)
+        found.sort(key=lambda m: (tasks.index(m.task), m.kind != "baseline", not m.in_study))  # stable: module order within groups
+        _loaded.extend(found)
+    return _loaded
 
 
-def live_catalog() -> list[dict[str, Any]]:
-    """Read from the registry itself (imports torch)."""
-    from medpeft_cli.methods import list_methods
+def list_methods(task: str | None = None) -> list[MethodInfo]:
+    """Registered methods of `task` (every task when None), in listing order."""
+    return [info for info in _load() if task is None or info.task == task]
 
+
+def get_method(name: str, task: str = "classification") -> MethodInfo:
+    found = next((info for info in _load() if info.task == task and info.name == name), None)
+    if found is None:
+        available = ", ".join(sorted(m.name for m in list_methods(task)))
+        where, listing = ("", "`medpeft methods`") if task == "classification" else (f" for task {task}", f"`medpeft methods --task {task}`")
+        raise UserError(f"unknown method {name!r}{where}; available: {available} ({listing} describes them)")
+    return found
+
+
+def speed_only_options(name: str, task: str = "classification") -> tuple[str, ...]:
+    """The method's options that change only speed (left out of the run key); () for an unknown method."""
+    found = next((info for info in _load() if info.task == task and info.name == name), None)
+    return found.speed_only if found else ()
+
+
+def capability_matrix() -> list[dict[str, Any]]:
+    """Method x backbone family, read from the registry (for `medpeft methods --matrix` and the site)."""
     return [
-        {"name": m.name, "task": m.task, "kind": m.kind, "families": sorted(m.families), "cite": m.cite,
-         "summary": m.summary, "default_lr": m.default_lr, "url": m.url, "knob": m.knob,
-         "mergeable": m.merge is not None, "peft": m.peft_owned}
-        for m in list_methods()
-    ]  # fmt: skip
+        {
+            "method": info.name,
+            "kind": info.kind,
+            "families": {family: family in info.families for family in FAMILIES},
+            "size_knob": info.knob,
+            "mergeable": info.mergeable,
+            "peft": info.peft_owned,
+            "cite": info.cite,
+        }
+        for info in list_methods("classification")
+    ]
 
 
 def method_catalog() -> list[dict[str, Any]]:
-    """The shipped copy when it matches the installed method code, else the live registry."""
-    try:
-        shipped = json.loads(CATALOG_FILE.read_text(encoding="utf-8"))
-        if shipped.get("source_digest") == source_digest():
-            return shipped["methods"]
-    except (OSError, ValueError, AttributeError):
-        pass
-    return live_catalog()
-
-
-def write_catalog() -> Path:
-    data = {"source_digest": source_digest(), "methods": live_catalog()}
-    CATALOG_FILE.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return CATALOG_FILE
-
-
-if __name__ == "__main__":
-    print(f"wrote {write_catalog()}")
+    """Every method of every task as plain data, for the leaderboard site (`build_site(methods=...)`)."""
+    return [
+        {"name": m.name, "task": m.task, "kind": m.kind, "families": [f for f in TASK_FAMILIES[m.task] if f in m.families],
+         "cite": m.cite, "summary": m.summary, "default_lr": m.default_lr, "url": m.url, "knob": m.knob,
+         "mergeable": m.mergeable, "peft": m.peft_owned}
+        for m in list_methods()
+    ]  # fmt: skip

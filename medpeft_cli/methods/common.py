@@ -1,15 +1,21 @@
-"""Helpers shared by methods: freezing, finding layers by kind in any backbone, and parameter bookkeeping."""
+"""Helpers shared by methods: freezing, finding layers by kind in any backbone, and parameter bookkeeping.
+
+Importing this module does not import torch (method modules import it to register their methods, and
+the registry must stay torch-free): torch and the module-tree helpers are imported inside the functions.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from medpeft_cli.errors import UserError
-from medpeft_cli.models.tree import Block, conv_stages
-from medpeft_cli.models.tree import transformer_blocks as find_blocks
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from medpeft_cli.models.tree import Block
 
 
 def freeze(model: nn.Module) -> None:
@@ -50,6 +56,8 @@ def counted_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
 
 def is_norm_layer(module: nn.Module) -> bool:
     """BatchNorm/LayerNorm/GroupNorm/RMSNorm layers of torch and timm (LayerNorm2d, RmsNorm, ...)."""
+    from torch import nn
+
     torch_norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
     if isinstance(module, torch_norms) or (hasattr(nn, "RMSNorm") and isinstance(module, nn.RMSNorm)):
         return True
@@ -66,6 +74,8 @@ def norm_layers(model: nn.Module, exclude: str) -> list[tuple[str, nn.Module]]:
 
 def channel_dim(module: nn.Module) -> int:
     """Which output dimension holds the channels: 1 for NCHW layers, -1 for channels-last ones."""
+    from torch import nn
+
     if isinstance(module, (nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
         return 1
     if type(module).__name__.endswith("2d"):  # timm's LayerNorm2d, RmsNorm2d, BatchNormAct2d, ...
@@ -79,6 +89,8 @@ def transformer_blocks(model: nn.Module) -> list[Block]:
     Each has `.name`, `.attn` and `.mlp` (None when the feed-forward network is split over several modules);
     see models/tree.py. Works for timm (ViT, DeiT, EVA, CLIP, Swin), transformers and custom models.
     """
+    from medpeft_cli.models.tree import transformer_blocks as find_blocks
+
     blocks = find_blocks(model)
     if not blocks:
         raise UserError(
@@ -91,6 +103,10 @@ def transformer_blocks(model: nn.Module) -> list[Block]:
 def stage_modules(model: nn.Module) -> list[str]:
     """Names of the convolutional (residual) stages of a CNN: timm's feature_info modules that hold
     convolutions, else the convolution-holding children after the stem (models/tree.py conv_stages)."""
+    from torch import nn
+
+    from medpeft_cli.models.tree import conv_stages
+
     names = [info["module"] for info in getattr(model, "feature_info", [])]
     stages = [n for n in names if n and any(isinstance(m, nn.Conv2d) for m in model.get_submodule(n).modules())]
     if not stages:
@@ -102,6 +118,8 @@ def stage_modules(model: nn.Module) -> list[str]:
 
 def stage_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     """Every Conv2d inside the residual stages (the stem and the head excluded)."""
+    from torch import nn
+
     stages = stage_modules(model)
     return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and any(_inside(name, s) for s in stages)]
 

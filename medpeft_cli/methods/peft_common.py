@@ -1,12 +1,18 @@
-"""What every method implemented by Hugging Face peft shares: target checks, wrapping, merging."""
+"""What every method implemented by Hugging Face peft shares: target checks, wrapping, merging.
+
+torch, peft and the q/k/v helpers are imported inside the functions (method modules import this one
+to register their methods without importing torch).
+"""
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from medpeft_cli.errors import UserError
 from medpeft_cli.methods.common import expose_fused_qkv
-from medpeft_cli.methods.qkv import fuse_split_qkv_state, resolve_qkv_targets, role_targets
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def target_map(backbone, targets: list[str], method: str) -> dict[str, list[str]]:
@@ -16,6 +22,10 @@ def target_map(backbone, targets: list[str], method: str) -> dict[str, list[str]
     Linear has that name, qkv/q/k/v/proj/fc1/fc2 name a role found by layer kind in every transformer block
     (methods/qkv.py role_targets), given as full module names.
     """
+    from torch import nn
+
+    from medpeft_cli.methods.qkv import resolve_qkv_targets, role_targets
+
     model = backbone.model
     expose_fused_qkv(model)  # EVA: route qkv through the module so peft's layer is used
     resolved = resolve_qkv_targets(model, targets)
@@ -48,6 +58,8 @@ def wrap(backbone, config) -> nn.Module:
 
 def in_features(backbone, targets: list[str]) -> list[int]:
     """Input widths of the Linear modules `targets` names (for block-size knobs that must divide them)."""
+    from torch import nn
+
     model = backbone.model if hasattr(backbone, "model") else backbone
     return [m.in_features for name, m in model.named_modules() if isinstance(m, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)]
 
@@ -55,6 +67,8 @@ def in_features(backbone, targets: list[str]) -> list[int]:
 def peft_merged_state(model: nn.Module) -> dict:
     """Fold the adapter into the base weights (peft's merge_and_unload) and return timm's own state-dict layout."""
     from peft.utils import ModulesToSaveWrapper
+
+    from medpeft_cli.methods.qkv import fuse_split_qkv_state
 
     merged = model.merge_and_unload()
     # peft's LN tuning leaves the trained `modules_to_save` head wrapped; put the trained copy in its place.

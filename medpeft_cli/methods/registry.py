@@ -1,8 +1,14 @@
-"""The method registry: `@register_method(...)` entries, looked up by name.
+"""The method registry: `@register_method(...)` entries, keyed by (task, name).
 
 A method is a function `(backbone, options) -> nn.Module` that returns the model with exactly the
-intended parameters trainable. Listing methods, checking a method/backbone pair and the capability
-matrix all read this registry; nothing keeps a separate list.
+intended parameters trainable, registered together with every fact about it (task, families, kind, size
+knob, citation, options model, speed-only options, default learning rate, save format, merge). Those
+facts are written once, here in the decorator beside the implementation; everything that lists methods
+(the CLI, the site, the docs tables, the tests) reads them.
+
+This is the bottom layer of the methods package: it imports neither torch nor any method module. Method
+modules import torch only inside their functions, so reading the registry costs pydantic, not torch.
+Finding the method modules is methods/catalog.py's job.
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ FAMILY_DESCRIPTIONS = {
     "cnn": "convolutional network (ResNet, ConvNeXt, EfficientNet, ...)",
     "other": "anything else (MLP-Mixer, conv-attention hybrids such as MaxViT and CoAtNet)",
 }
-# Methods are registered per task: the classification families above, and the Stable Diffusion
-# U-Net of the text-to-image track (medpeft_cli/t2i/), whose only family is "unet".
-TASKS = ("classification", "t2i")
+# Methods are registered per task: the classification families above, and the Stable Diffusion U-Net of
+# the text-to-image track, whose only family is "unet". A task's methods live in the package
+# medpeft_cli/methods/<task>/ (methods/catalog.py imports every module there).
 TASK_FAMILIES = {"classification": FAMILIES, "t2i": ("unet",)}
+TASKS = tuple(TASK_FAMILIES)
+KINDS = ("baseline", "selective", "reparameterised", "additive")
 
 
 class NoOptions(BaseModel):
@@ -46,8 +54,8 @@ class MethodInfo:
     apply: Callable[[Backbone, Any], nn.Module]
     options: type[BaseModel]
     families: frozenset[str]
-    kind: str  # "baseline", "selective", "reparameterised" or "additive"
-    cite: str
+    kind: str  # one of KINDS
+    cite: str  # the full citation (authors: title, venue year); written nowhere else
     default_lr: float
     peft_owned: bool  # saved in HF peft's adapter format
     url: str = ""  # where the original paper is
@@ -62,14 +70,24 @@ class MethodInfo:
     # module or tokens).
     merge: Callable[[nn.Module], dict[str, Any]] | None = None
     task: str = "classification"  # one of TASKS; the registry is keyed by (task, name)
+    # Options that change only how the same function is computed (equal within float rounding): left out
+    # of the run key (config.py), recorded on the result row.
+    speed_only: tuple[str, ...] = ()
+    in_study: bool = False  # one of the methods of the reference study (Dutt et al., MIDL 2024)
+    identity_at_init: bool = True  # the adapted model computes exactly the backbone's function before training
 
     @property
     def summary(self) -> str:
+        """What trains, in one line: the first line of the method function's docstring."""
         doc = (self.apply.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
 
+    @property
+    def mergeable(self) -> bool:
+        return self.merge is not None
 
-_REGISTRY: dict[tuple[str, str], MethodInfo] = {}  # (task, name) -> method
+
+_REGISTRY: dict[tuple[str, str], MethodInfo] = {}  # (task, name) -> method, in registration order
 
 
 def register_method(
@@ -86,39 +104,36 @@ def register_method(
     knob_values: Callable[[Backbone, Any], list[int]] | None = None,
     merge: Callable[[nn.Module], dict[str, Any]] | None = None,
     task: str = "classification",
+    speed_only: tuple[str, ...] = (),
+    in_study: bool = False,
+    identity_at_init: bool = True,
 ) -> Callable:
-    if task not in TASKS:
+    if task not in TASK_FAMILIES:
         raise ValueError(f"unknown task {task!r} for method {name}")
     unknown = set(families) - set(TASK_FAMILIES[task])
     if unknown:
         raise ValueError(f"unknown families {unknown} for method {name}")
-    if knob is not None and knob not in options.model_fields:
-        raise ValueError(f"size knob {knob!r} of method {name} is not one of its options")
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r} for method {name}; one of {KINDS}")
+    for option in (knob, *speed_only):
+        if option is not None and option not in options.model_fields:
+            raise ValueError(f"{option!r} of method {name} is not one of its options")
 
     def decorator(fn: Callable) -> Callable:
         if (task, name) in _REGISTRY:
             raise ValueError(f"method {name!r} registered twice for task {task!r}")
         _REGISTRY[(task, name)] = MethodInfo(
-            name, fn, options, frozenset(families), kind, cite, default_lr, peft_owned, url, knob, knob_values, merge, task
-        )
+            name, fn, options, frozenset(families), kind, cite, default_lr, peft_owned, url, knob, knob_values, merge, task,
+            tuple(speed_only), in_study, identity_at_init,
+        )  # fmt: skip
         return fn
 
     return decorator
 
 
-def list_methods(task: str | None = None) -> list[MethodInfo]:
-    """Registered methods of `task` (every task when None), in registration order."""
-    _load_builtin_methods()
-    return [info for (t, _), info in _REGISTRY.items() if task is None or t == task]
-
-
-def get_method(name: str, task: str = "classification") -> MethodInfo:
-    _load_builtin_methods()
-    if (task, name) not in _REGISTRY:
-        available = ", ".join(sorted(n for t, n in _REGISTRY if t == task))
-        where, listing = ("", "`medpeft methods`") if task == "classification" else (f" for task {task}", f"`medpeft methods --task {task}`")
-        raise UserError(f"unknown method {name!r}{where}; available: {available} ({listing} describes them)")
-    return _REGISTRY[(task, name)]
+def registered() -> list[MethodInfo]:
+    """Every method registered so far, in registration order (methods/catalog.py loads them all first)."""
+    return list(_REGISTRY.values())
 
 
 def validate_options(info: MethodInfo, options: dict[str, Any]) -> BaseModel:
@@ -140,29 +155,3 @@ def check_supported(info: MethodInfo, family: str, backbone_name: str) -> None:
             f"method {info.name!r} does not support backbone {backbone_name!r} (detected family {family!r}); "
             f"it supports: {supported}. `medpeft methods --matrix` shows what applies to each family"
         )
-
-
-def capability_matrix() -> list[dict[str, Any]]:
-    """Method x backbone family, read from the registry (for `medpeft methods --matrix` and the site)."""
-    return [
-        {
-            "method": info.name,
-            "kind": info.kind,
-            "families": {family: family in info.families for family in FAMILIES},
-            "size_knob": info.knob,
-            "mergeable": info.merge is not None,
-            "peft": info.peft_owned,
-            "cite": info.cite,
-        }
-        for info in list_methods("classification")
-    ]
-
-
-def _load_builtin_methods() -> None:
-    # Importing the family modules runs their @register_method decorators; the import order is the
-    # listing order: baselines, the study's methods, then the ones beyond it.
-    import importlib
-
-    for module in ("baselines", "selective", "ssf", "tsa", "lora", "adapters", "peft_tuners", "vpt", "fact"):
-        importlib.import_module(f"medpeft_cli.methods.{module}")
-    from medpeft_cli.t2i import methods as _t2i_methods  # noqa: F401  (task "t2i")

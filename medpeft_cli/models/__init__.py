@@ -1,4 +1,5 @@
-"""Backbones from any source: timm names, transformers vision models, custom factories (docs/backbones.md).
+"""Backbones from any source: builtins (CIFAR ResNets), timm names, transformers vision models, custom factories
+(docs/backbones.md).
 
 Attributes are loaded lazily: `medpeft_cli.models.sources` parses backbone strings without importing torch.
 """

@@ -2,10 +2,11 @@
 
 The factory is called with no arguments (or `image_size=<px>` when it has that parameter) and returns an
 nn.Module that maps (B, 3, H, W) images to logits or features. One forward pass on the meta device says
-which: if the output is the output of a Linear named head/fc/classifier (or timm's get_classifier()),
-that Linear is replaced for this dataset's classes; otherwise the output is features ((B, C), or a
-(B, C, H, W) map that is averaged) and medpeft adds a Linear `head`. Weights come from `--weights FILE`
-('random': the factory's own seeded init); the factory should not load weights itself.
+which (models/heads.py): the Linear whose output is the module's output, whatever its name (or the one
+`--head NAME` names), is replaced for this dataset's classes; features ((B, C), or a (B, C, H, W) map that
+is averaged) get a new Linear `head`; an output that looks like logits but no Linear makes directly is
+refused. Weights come from `--weights FILE` ('random': the factory's own seeded init); the factory should
+not load weights itself.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import torch
 from torch import nn
 
 from medpeft_cli.errors import UserError
-from medpeft_cli.models.heads import FeatureClassifier, probe, replace_classifier
+from medpeft_cli.models.heads import HeadPlan, ProbeFailed, attach_head, find_head
 from medpeft_cli.models.sources import BackboneSource, code_identity
-from medpeft_cli.models.weights import describe_file, load_checked, load_state_dict_file, select_prefix
+from medpeft_cli.models.weights import load_checked, read_checkpoint, weights_path
 
 
 def _module(source: BackboneSource):
@@ -86,50 +87,46 @@ def _checked(source: BackboneSource, model) -> nn.Module:
     return model
 
 
-def _plan(source: BackboneSource, image_size: int) -> dict:
-    """How the factory's module makes its output (see heads.probe), found on the meta device (no memory)."""
+def _plan(source: BackboneSource, image_size: int, head: str | None) -> HeadPlan:
+    """How the factory's module makes its output (heads.find_head), found on the meta device (no memory)."""
+    what = f"custom backbone {source.spec}"
     try:
-        return probe(_call(source, image_size, meta=True), image_size)
-    except Exception:  # e.g. an operation without a meta implementation: probe a real copy (shapes only)
-        with torch.random.fork_rng(devices=[]):
-            return probe(_call(source, image_size), image_size)
+        return find_head(_call(source, image_size, meta=True), image_size, head, what)
+    except Exception as exc:  # e.g. an operation without a meta implementation: probe a real copy (shapes only)
+        if isinstance(exc, UserError) and not isinstance(exc, ProbeFailed):
+            raise  # a refusal (logits without a Linear, a wrong --head) or a factory mistake
+    with torch.random.fork_rng(devices=[]):
+        return find_head(_call(source, image_size), image_size, head, what)
 
 
-def _attach_head(module: nn.Module, plan: dict, num_classes: int) -> tuple[nn.Module, str]:
-    if plan["classifier"] is not None:
-        replace_classifier(module, plan["linear"], num_classes)
-        return module, plan["classifier"]
-    return FeatureClassifier(module, plan["width"], num_classes), "head"
-
-
-def build(source: BackboneSource, weights: str, num_classes: int, image_size: int, seed: int, prefix: str | None):
-    """(model, head name, weights source) of a custom backbone."""
+def build(source: BackboneSource, weights: str, num_classes: int, image_size: int, seed: int, prefix: str | None, key: str | None = None, head: str | None = None):
+    """(model, head info, weights source) of a custom backbone."""
     if weights == "pretrained":
-        raise UserError("a custom backbone has no pretrained weights of its own; pass --weights path/to/weights.safetensors (or .pth), or --weights random")
-    plan = _plan(source, image_size)
+        raise UserError("a custom backbone has no pretrained weights of its own; pass --weights path/to/weights (a safetensors or torch checkpoint), or --weights random")
+    path = weights_path(weights) if weights != "random" else None
+    checkpoint = read_checkpoint(path, key) if path else None  # before building: a bad file fails fast
+    plan = _plan(source, image_size, head)
     code = f"{source.label} code {code_identity(source.spec)}"
-    if weights == "random":
-        module = _call(source, image_size)
-        model, head = _attach_head(module, plan, num_classes)
-        return model, head, f"{code}; random-init (seed {seed})"
-    path = Path(weights).expanduser().resolve()
-    state = load_state_dict_file(path)
     module = _call(source, image_size)
-    state, taken = select_prefix(state, prefix, path)
-    load_checked(module, state, plan["classifier"], path, f"custom backbone {source.spec}")
-    model, head = _attach_head(module, plan, num_classes)
-    return model, head, f"{code}; {describe_file(path, taken)}"
+    if checkpoint is None:
+        described = f"random-init (seed {seed})"
+    else:
+        checkpoint = checkpoint.fit(prefix, module.state_dict())
+        load_checked(module, checkpoint.state, plan.linear, path, f"custom backbone {source.spec}")
+        described = checkpoint.describe()
+    model, info = attach_head(module, plan, num_classes)
+    return model, info, f"{code}; {described}"
 
 
-def shape(source: BackboneSource, num_classes: int, image_size: int):
-    """(model, head name) built on the current (meta) device."""
-    plan = _plan(source, image_size)
+def shape(source: BackboneSource, num_classes: int, image_size: int, head: str | None = None):
+    """(model, head info) built on the current (meta) device."""
+    plan = _plan(source, image_size, head)
     try:
         module = _call(source, image_size, meta=True)
     except UserError:
         raise
     except Exception:  # see _plan
         with torch.random.fork_rng(devices=[]):
-            return _attach_head(_call(source, image_size), plan, num_classes)
+            return attach_head(_call(source, image_size), plan, num_classes)
     with torch.device("meta"):
-        return _attach_head(module, plan, num_classes)
+        return attach_head(module, plan, num_classes)

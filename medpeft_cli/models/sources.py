@@ -1,5 +1,6 @@
-"""What a `--backbone` string names: a timm model, a Hugging Face transformers vision model or a custom factory.
+"""What a `--backbone` string names: a builtin, a timm model, a Hugging Face transformers vision model or a custom factory.
 
+    cifar_resnet20 ... cifar_resnet110         medpeft's own (models/builtin_models.py; wins over a timm name)
     vit_base_patch16_224, resnet50.a1_in1k     timm name (a pretrained tag after the dot)
     hf-hub:org/name, local-dir:/path/to/dir    timm model from the HF hub or a local timm folder
     transformers:org/name, transformers:DIR    HF transformers vision model: hub id or save_pretrained folder
@@ -22,8 +23,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from medpeft_cli.errors import UserError
+from medpeft_cli.models.builtin_models import BUILTINS
 
-TIMM, TRANSFORMERS, CUSTOM = "timm", "transformers", "custom"
+TIMM, TRANSFORMERS, CUSTOM, BUILTIN = "timm", "transformers", "custom", "builtin"
 TRANSFORMERS_PREFIX = "transformers:"
 TIMM_PREFIXES = ("hf-hub:", "local-dir:")
 _FACTORY = re.compile(r"^(?P<target>.+):(?P<factory>[A-Za-z_]\w*)$")
@@ -33,9 +35,9 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 @dataclass(frozen=True)
 class BackboneSource:
-    kind: str  # TIMM, TRANSFORMERS or CUSTOM
+    kind: str  # BUILTIN, TIMM, TRANSFORMERS or CUSTOM
     spec: str  # as the user wrote it
-    target: str  # timm: model name; transformers: hub id or absolute folder; custom: absolute .py path or module name
+    target: str  # builtin, timm: model name; transformers: hub id or absolute folder; custom: absolute .py path or module name
     factory: str = ""  # custom: the function's name
     local: bool = False  # transformers: a local folder; custom: a .py file (not a module)
 
@@ -59,6 +61,8 @@ def parse_backbone(spec: str) -> BackboneSource:
     text = spec.strip()
     if not text:
         raise UserError("the backbone is empty; give a timm name, transformers:<id or folder> or path/to/file.py:factory")
+    if text in BUILTINS:
+        return BackboneSource(BUILTIN, text, text)
     if text.startswith(TRANSFORMERS_PREFIX):
         return _transformers(text, text[len(TRANSFORMERS_PREFIX):].strip())
     if text.startswith(TIMM_PREFIXES):

@@ -1,20 +1,19 @@
 """timm backbones: model names (with pretrained tags), `hf-hub:` and `local-dir:` names, local weights files.
 
 `weights` is 'random' (seeded), 'pretrained' (timm's pretrained tag, from the hub or its local cache) or
-a local weights file. A request for pretrained weights that cannot be met is an error, never a silent
-fall back to random weights.
+a local weights file (models/weights.py). A request for pretrained weights that cannot be met is an error,
+never a silent fall back to random weights. The classifier is the module timm's pretrained_cfg names.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from torch import nn
 
 from medpeft_cli.errors import UserError
+from medpeft_cli.models.heads import HeadInfo
 from medpeft_cli.models.hub import is_missing_file_error, not_available, quiet_hub
 from medpeft_cli.models.sources import BackboneSource
-from medpeft_cli.models.weights import describe_file, load_checked, load_state_dict_file, select_prefix
+from medpeft_cli.models.weights import load_checked, read_checkpoint, weights_path
 
 
 def head_name(model: nn.Module) -> str:
@@ -66,27 +65,37 @@ def create(name: str, num_classes: int, image_size: int, pretrained: bool) -> nn
         raise
 
 
-def build(source: BackboneSource, weights: str, num_classes: int, image_size: int, seed: int, prefix: str | None):
-    """(model, head name, weights source) of a timm backbone."""
+def _head(model: nn.Module, num_classes: int, head: str | None) -> HeadInfo:
+    """timm's own classifier (its pretrained_cfg says which module); --head may only confirm it."""
+    name = head_name(model)
+    if head is not None and head != name:
+        raise UserError(f"--head {head}: the classifier of timm model {type(model).__name__} is `{name}` (timm builds it for this dataset's classes); drop --head")
+    module = model.get_submodule(name)
+    width = module.in_features if isinstance(module, nn.Linear) else int(getattr(model, "num_features", 0))
+    return HeadInfo(name, width, num_classes, note="timm classifier")
+
+
+def build(source: BackboneSource, weights: str, num_classes: int, image_size: int, seed: int, prefix: str | None, key: str | None = None, head: str | None = None):
+    """(model, head info, weights source) of a timm backbone."""
     name = source.target
     if weights == "random":
         model = create(name, num_classes, image_size, pretrained=False)
-        return model, head_name(model), f"random-init (seed {seed})"
+        return model, _head(model, num_classes, head), f"random-init (seed {seed})"
     if weights == "pretrained":
         model = create(name, num_classes, image_size, pretrained=True)
         cfg = model.pretrained_cfg
         source = f"hf-hub:{cfg.get('hf_hub_id') or name}" + (f" tag={cfg['tag']}" if cfg.get("tag") else "")
-        return model, head_name(model), source
-    path = Path(weights).expanduser().resolve()
-    state = load_state_dict_file(path)  # before building: a missing or unsafe file fails fast
+        return model, _head(model, num_classes, head), source
+    path = weights_path(weights)
+    checkpoint = read_checkpoint(path, key)  # before building: a missing or unsafe file fails fast
     model = create(name, num_classes, image_size, pretrained=False)
-    state, taken = select_prefix(state, prefix, path)
-    head = head_name(model)
-    load_checked(model, state, head, path, f"backbone {type(model).__name__}")
-    return model, head, describe_file(path, taken)
+    info = _head(model, num_classes, head)
+    checkpoint = checkpoint.fit(prefix, model.state_dict())
+    load_checked(model, checkpoint.state, info.name, path, f"backbone {type(model).__name__}")
+    return model, info, checkpoint.describe()
 
 
-def shape(source: BackboneSource, num_classes: int, image_size: int):
-    """(model, head name) built on the current (meta) device."""
+def shape(source: BackboneSource, num_classes: int, image_size: int, head: str | None = None):
+    """(model, head info) built on the current (meta) device."""
     model = create(source.target, num_classes, image_size, pretrained=False)
-    return model, head_name(model)
+    return model, _head(model, num_classes, head)

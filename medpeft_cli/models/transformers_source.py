@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from medpeft_cli.errors import UserError
-from medpeft_cli.models.heads import FeatureClassifier, probe
+from medpeft_cli.models.heads import FeatureClassifier, HeadInfo, feature_width
 from medpeft_cli.models.hub import is_missing_file_error, not_available, offline, quiet_hub
 from medpeft_cli.models.sources import BackboneSource
-from medpeft_cli.models.weights import describe_file, file_sha256, load_checked, load_state_dict_file, select_prefix
+from medpeft_cli.models.weights import file_sha256, load_checked, read_checkpoint, weights_path
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -101,13 +101,18 @@ def _has_classifier_class(config) -> bool:
     return type(config) in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
 
 
-def _wrap(model: nn.Module, classifying: bool, num_classes: int, image_size: int) -> tuple[nn.Module, str]:
+def _wrap(model: nn.Module, classifying: bool, num_classes: int, image_size: int, head: str | None) -> tuple[nn.Module, HeadInfo]:
     if classifying:
-        if not isinstance(getattr(model, "classifier", None), nn.Module):
+        classifier = getattr(model, "classifier", None)
+        if not isinstance(classifier, nn.Module):
             raise UserError(f"{type(model).__name__} has no `classifier` module to replace; use a custom factory for it")
-        return TransformersClassifier(model), "model.classifier"
-    width = probe(model, image_size)["width"]
-    return FeatureClassifier(model, width, num_classes), "head"
+        wrapped, info = TransformersClassifier(model), HeadInfo("model.classifier", getattr(classifier, "in_features", 0), num_classes, note="new classifier")
+    else:
+        width = feature_width(model, image_size)
+        wrapped, info = FeatureClassifier(model, width, num_classes), HeadInfo("head", width, num_classes, note="new, on the class token")
+    if head is not None and head != info.name:
+        raise UserError(f"--head {head}: a transformers backbone's head is `{info.name}`, built for this dataset's classes; drop --head")
+    return wrapped, info
 
 
 def _normalisation(source: BackboneSource) -> tuple[tuple, tuple, bool]:
@@ -158,8 +163,22 @@ def _from_pretrained(source: BackboneSource, config, classifying: bool):
     return model, (f"; ignored {len(unexpected)} unused checkpoint weights ({', '.join(unexpected[:2])}{', ...' if len(unexpected) > 2 else ''})" if unexpected else "")
 
 
-def build(source: BackboneSource, weights: str, num_classes: int, image_size: int, seed: int, prefix: str | None):
-    """(model, head name, weights source) of a transformers backbone."""
+def _load_file(model: nn.Module, classifying: bool, weights: str, prefix: str | None, key: str | None) -> str:
+    """Load a local weights file into the architecture built from the config; its weights source."""
+    path = weights_path(weights)
+    checkpoint = read_checkpoint(path, key)
+    # a checkpoint of the bare encoder (ViTModel) has no `vit.` prefix; the classification model does
+    base = getattr(model, "base_model_prefix", "")
+    own = list(model.state_dict())
+    checkpoint = checkpoint.fit(prefix, own + [k[len(base) + 1:] for k in own if base and k.startswith(base + ".")])
+    state = checkpoint.state
+    target = model.get_submodule(base) if classifying and base and not any(k.startswith(base + ".") for k in state) else model
+    load_checked(target, state, "classifier" if target is model and classifying else None, path, f"{type(model).__name__}")
+    return checkpoint.describe()
+
+
+def build(source: BackboneSource, weights: str, num_classes: int, image_size: int, seed: int, prefix: str | None, key: str | None = None, head: str | None = None):
+    """(model, head info, weights source) of a transformers backbone."""
     config = _config(source, num_classes)
     classifying = _has_classifier_class(config)
     arch = config.architectures[0] if getattr(config, "architectures", None) else type(config).__name__
@@ -170,28 +189,21 @@ def build(source: BackboneSource, weights: str, num_classes: int, image_size: in
         model = _auto_class(classifying).from_config(config)
         described = f"{source.label} ({arch} config) random-init (seed {seed})"
     else:
-        path = Path(weights).expanduser().resolve()
-        state = load_state_dict_file(path)
         model = _auto_class(classifying).from_config(config)
-        state, taken = select_prefix(state, prefix, path)
-        # a checkpoint of the bare encoder (ViTModel) has no `vit.` prefix; the classification model does
-        base = getattr(model, "base_model_prefix", "")
-        target = model.get_submodule(base) if classifying and base and not any(k.startswith(base + ".") for k in state) else model
-        load_checked(target, state, "classifier" if target is model and classifying else None, path, f"{type(model).__name__}")
-        described = f"{source.label} ({arch} config) {describe_file(path, taken)}"
-    wrapped, head = _wrap(model.eval(), classifying, num_classes, image_size)
+        described = f"{source.label} ({arch} config) {_load_file(model, classifying, weights, prefix, key)}"
+    wrapped, info = _wrap(model.eval(), classifying, num_classes, image_size, head)
     mean, std, from_file = _normalisation(source)
     wrapped.pretrained_cfg = {"mean": mean, "std": std}
-    return wrapped, head, described + (" mean/std from preprocessor_config.json" if from_file else "")
+    return wrapped, info, described + (" mean/std from preprocessor_config.json" if from_file else "")
 
 
-def shape(source: BackboneSource, num_classes: int, image_size: int):
-    """(model, head name) built on the current (meta) device from the config alone."""
+def shape(source: BackboneSource, num_classes: int, image_size: int, head: str | None = None):
+    """(model, head info) built on the current (meta) device from the config alone."""
     config = _config(source, num_classes)
     classifying = _has_classifier_class(config)
     with _quiet():
         model = _auto_class(classifying).from_config(config)
-    return _wrap(model.eval(), classifying, num_classes, image_size)
+    return _wrap(model.eval(), classifying, num_classes, image_size, head)
 
 
 def provenance() -> dict[str, str | None]:

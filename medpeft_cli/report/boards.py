@@ -70,6 +70,23 @@ class Cell:
         return self._by_seed[metric]
 
 
+def cell_title(cell: Cell | None, metric) -> str:
+    """Hover text of a table cell: n, CI, setting choice."""
+    if cell is None:
+        return "no runs"
+    stat = cell.stats.get(metric.name)
+    if stat is None or stat.mean is None:
+        return f"{cell.n} run(s) without {metric.label}"
+    parts = [f"n = {stat.n} seed{'s' if stat.n != 1 else ''}"]
+    if stat.half_width is not None:
+        parts.append(f"95 % CI {stat.low:.{metric.decimals}f} to {stat.high:.{metric.decimals}f}")
+    else:
+        parts.append("single run: no CI")
+    if cell.setting_note:
+        parts.append(cell.setting_note)
+    return "; ".join(parts)
+
+
 def _describe_choice(chosen: list[Run], settings: dict[str, list[Run]], metric: MetricInfo | None) -> str:
     flat = [runs[0].setting for runs in settings.values()]
     keys = sorted({k for s in flat for k in s})

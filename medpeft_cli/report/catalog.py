@@ -1,9 +1,10 @@
 """Method metadata for the site (description, citation, family, capabilities), as plain data.
 
-The report never imports the method registry (it pulls in torch); `medpeft report` reads the
-registry and passes its entries in: dicts with name, task, kind, families, cite, summary,
-default_lr and url. The registry is keyed by (task, name) — `lora` for classification and `lora`
-for text-to-image are different entries — and so is this catalogue.
+The report takes its method metadata as data instead of importing the method registry, so a site can
+be built for any catalogue (a test's, an older release's). `medpeft report` reads the registry
+(`medpeft_cli.methods.method_catalog()`, no torch) and passes its entries in: dicts with name, task,
+kind, families, cite, summary, default_lr and url. The registry is keyed by (task, name) — `lora` for
+classification and `lora` for text-to-image are different entries — and so is this catalogue.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from medpeft_cli.errors import UserError
 
 DEFAULT_TASK = "classification"
 UNKNOWN = "unknown"
-# Capability-matrix columns in this order first (the registry's backbone families), then any others.
-FAMILY_ORDER = ("vit", "cnn", "other", "unet")
+# Capability-matrix columns when no method metadata was passed in (else: the families as the catalogue lists them).
+FAMILY_ORDER = ("vit", "cnn", "other")
 
 
 class Catalog:
@@ -51,5 +52,5 @@ class Catalog:
         return [e for (_, n), e in sorted(self.entries.items()) if n == method]
 
     def families(self) -> list[str]:
-        seen = {f for e in self.entries.values() for f in (e.get("families") or ())}
-        return [f for f in FAMILY_ORDER if f in seen] + sorted(seen - set(FAMILY_ORDER))
+        """Backbone families in the order the entries list them (the registry's order: `full` lists every one)."""
+        return list(dict.fromkeys(str(f) for e in self.entries.values() for f in (e.get("families") or ())))

@@ -53,8 +53,10 @@ def _copy_json(json_path: Path, types: dict[str, str], parquet_path: Path, csv_p
     con = duckdb.connect()
     try:
         con.execute(
+            # maximum_object_size bounds one row, and DuckDB allocates twice it up front: 1 GiB made a report
+            # job with --mem 1500M fail (out of memory); 64 MiB is far above any row.
             f"CREATE TABLE results AS SELECT * FROM read_json({_literal(json_path)}, format='array', columns={spec}, "
-            "maximum_object_size=1073741824)"
+            "maximum_object_size=67108864)"
         )
         con.execute(f"COPY results TO {_literal(parquet_path)} (FORMAT parquet)")
         if csv_path is not None:

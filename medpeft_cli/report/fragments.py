@@ -12,7 +12,9 @@ from typing import Any
 
 from markupsafe import Markup
 
+from medpeft_cli.report.boards import cell_title
 from medpeft_cli.report.formatting import DASH, decimals, filter_value, fmt, pvalue, sort_value, span
+from medpeft_cli.report.runpage import run_href
 
 
 def esc(x: Any) -> str:
@@ -31,9 +33,6 @@ def _value(x: Any, kind: str) -> str:
 def estimate_cell(cell: Any, metric: Any, best: bool = False, rank: float | None = None, dataset: Any = ..., root: str = "") -> str:
     """A <td> with mean ± CI half-width and n; `dataset` (when given) makes it a filterable column cell.
     A cell of a single run links to that run's page (`root`: the page's path to the site root)."""
-    from medpeft_cli.report.pages import cell_title
-    from medpeft_cli.report.runpage import run_href
-
     stat = cell.stats.get(metric.name) if cell is not None else None
     attrs = ' class="num best"' if best else ' class="num"'
     if dataset is not ...:

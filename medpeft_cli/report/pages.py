@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from medpeft_cli.report import charts
-from medpeft_cli.report.boards import Board, Cell, sort_key
+from medpeft_cli.report.boards import Board, sort_key
 from medpeft_cli.report.catalog import FAMILY_ORDER, UNKNOWN, Catalog
+from medpeft_cli.report.charts import Point, Series, cd_diagram, line_chart, scatter_chart
 from medpeft_cli.report.formatting import filter_value, fraction, params, params_tick
 from medpeft_cli.report.keys import slug
 from medpeft_cli.report.metrics import CATALOGUE
@@ -108,11 +108,11 @@ def _volume_chart(board: Board, dataset: Any, metric, methods: list[Any]) -> dic
             stat = cell.stats.get(metric.name) if cell else None
             if f is not None and f > 0 and stat is not None and stat.mean is not None:
                 tip = f"{method} at {fraction(f)}: {stat.mean:.{metric.decimals}f} (n = {stat.n})"
-                points.append(charts.Point(f, stat.mean, stat.low, stat.high, tip))
+                points.append(Point(f, stat.mean, stat.low, stat.high, tip))
         if points:
-            series.append(charts.Series(str(method), points, method_href(method)))
+            series.append(Series(str(method), points, method_href(method)))
     ticks = [(f, fraction(f)) for f in board.fractions if f is not None and f > 0]
-    return charts.line_chart(
+    return line_chart(
         series, x_label="training data (fraction of the training split, log scale)", y_label=f"test {metric.label}",
         x_log=True, x_ticks=ticks, y_format=lambda v: f"{v:.{max(metric.decimals - 1, 0)}f}",
     )  # fmt: skip
@@ -127,8 +127,8 @@ def _pareto_chart(board: Board, dataset: Any, metric, methods: list[Any]) -> dic
         if stat is None or stat.mean is None or not trainable:
             continue
         tip = f"{method}: {stat.mean:.{metric.decimals}f} with {params(trainable)} trainable parameters"
-        series.append(charts.Series(str(method), [charts.Point(trainable, stat.mean, stat.low, stat.high, tip)], method_href(method)))
-    return charts.scatter_chart(
+        series.append(Series(str(method), [Point(trainable, stat.mean, stat.low, stat.high, tip)], method_href(method)))
+    return scatter_chart(
         series, x_label="trainable parameters (log scale)", y_label=f"test {metric.label}", higher_is_better=metric.higher_is_better,
         y_format=lambda v: f"{v:.{max(metric.decimals - 1, 0)}f}", x_format=params_tick,
     )  # fmt: skip
@@ -246,7 +246,7 @@ def method_context(data: SiteData, method: Any) -> dict[str, Any]:
                 "n_methods": len(main.rows) if main else 0,
             }
         )
-    families = data.catalog.families() or list(FAMILY_ORDER[:3])
+    families = data.catalog.families() or list(FAMILY_ORDER)
     entries = data.catalog.for_method(method) if isinstance(method, str) else []
     about = [_about(e, families) for e in entries] or [_about(None, families)]
     return {"name": method, "about": about, "families": families, "n_runs": len(runs), "sections": sections}
@@ -255,7 +255,7 @@ def method_context(data: SiteData, method: Any) -> dict[str, Any]:
 def methods_context(data: SiteData) -> dict[str, Any]:
     """The capability matrix: one row per registry entry (task, method), then methods seen only in results."""
     counts = Counter((r.row.get("task"), r.method) for r in data.runs)
-    families = data.catalog.families() or list(FAMILY_ORDER[:3])
+    families = data.catalog.families() or list(FAMILY_ORDER)
     rows = []
     for (task, name), entry in sorted(data.catalog.entries.items()):
         rows.append({"name": name, "href": method_href(name), "n_runs": counts.get((task, name), 0), **_about(entry, families)})
@@ -280,7 +280,7 @@ def significance_context(data: SiteData) -> dict[str, Any]:
     sections = []
     for board in data.boards:
         for i, cd in enumerate(data.cds.get(board.id, [])):
-            chart = charts.cd_diagram([str(m) for m in cd.methods], cd.avg_ranks, cd.cd, cd.groups) if cd.cd is not None else None
+            chart = cd_diagram([str(m) for m in cd.methods], cd.avg_ranks, cd.cd, cd.groups) if cd.cd is not None else None
             control_rows = [r for r in cd.view.rows if r.vs_control is not None]
             anchor = board.id if i == 0 else None  # the overview links to a board's first section
             sections.append({"board": board, "cd": cd, "chart": chart, "view": cd.view, "control_rows": control_rows, "anchor": anchor})
@@ -305,20 +305,3 @@ def downloads_context(data: SiteData, files: list[dict[str, Any]], columns: list
         "versions": sorted(versions.items(), key=lambda kv: sort_key(kv[0])),
         "columns": columns,
     }
-
-
-def cell_title(cell: Cell | None, metric) -> str:
-    """Hover text of a table cell: n, CI, setting choice."""
-    if cell is None:
-        return "no runs"
-    stat = cell.stats.get(metric.name)
-    if stat is None or stat.mean is None:
-        return f"{cell.n} run(s) without {metric.label}"
-    parts = [f"n = {stat.n} seed{'s' if stat.n != 1 else ''}"]
-    if stat.half_width is not None:
-        parts.append(f"95 % CI {stat.low:.{metric.decimals}f} to {stat.high:.{metric.decimals}f}")
-    else:
-        parts.append("single run: no CI")
-    if cell.setting_note:
-        parts.append(cell.setting_note)
-    return "; ".join(parts)

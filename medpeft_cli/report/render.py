@@ -18,11 +18,14 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+import medpeft_cli.report.export as export
+import medpeft_cli.report.fragments as fragments
+import medpeft_cli.report.pages as pages
+import medpeft_cli.report.runfiles as runfiles
 from medpeft_cli import __version__
 from medpeft_cli.errors import UserError
-from medpeft_cli.report import export, fragments, pages, runfiles
 from medpeft_cli.report.assets import static_dir, templates_dir
-from medpeft_cli.report.boards import build_boards
+from medpeft_cli.report.boards import build_boards, cell_title
 from medpeft_cli.report.catalog import Catalog
 from medpeft_cli.report.formatting import (
     decimals,
@@ -55,7 +58,7 @@ def make_env(template_dir: Path | None = None) -> Environment:
     )
     env.filters.update(fmt=fmt, span=span, estimate=estimate, decimals=decimals, pvalue=pvalue, fv=filter_value, sv=sort_value)
     env.globals.update(
-        run_href=run_href, method_href=pages.method_href, dataset_href=pages.dataset_href, cell_title=pages.cell_title,
+        run_href=run_href, method_href=pages.method_href, dataset_href=pages.dataset_href, cell_title=cell_title,
         estimate_cell=fragments.estimate_cell, overview_row=fragments.overview_row, fields=fragments.fields,
         history_table=fragments.history_table, key_values=fragments.key_values, per_class_table=fragments.per_class_table,
         run_rows=fragments.run_rows, chart_svg=fragments.chart_svg, cd_svg=fragments.cd_svg,

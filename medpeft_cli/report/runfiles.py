@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 PREDICTIONS = "predictions_test.csv"
-SAMPLES_DIR = "samples"  # generation runs: NN.png images and prompts.json (medpeft_cli/t2i/runner.py)
+SAMPLES_DIR = "samples"  # generation runs: NN.png images and prompts.json (medpeft_cli/t2i/scoring.py)
 PUBLISHED_SUFFIXES = {".json", ".csv", ".log", ".txt", ".yaml", ".yml", ".png", ".jpg", ".jpeg", ".webp"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 MAX_FILE_BYTES = 10 * 1024 * 1024

@@ -17,7 +17,8 @@ import medpeft_cli
 PACKAGES = {"torch": "torch_version", "timm": "timm_version", "peft": "peft_version", "accelerate": "accelerate_version"}
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed version of `package`, or None when it is not installed."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -41,6 +42,15 @@ def git_commit() -> str | None:
         return None
 
 
+def device_name(accelerator) -> str:
+    """The GPU's name, or the CPU architecture and torch's thread count."""
+    import torch
+
+    if accelerator.device.type == "cuda":
+        return torch.cuda.get_device_name(accelerator.device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def collect(device: str, world_size: int) -> dict[str, object]:
     row: dict[str, object] = {
         "medpeft_version": medpeft_cli.__version__,
@@ -51,5 +61,5 @@ def collect(device: str, world_size: int) -> dict[str, object]:
         "container_image": os.environ.get("MEDPEFT_CONTAINER_IMAGE"),
     }
     for package, column in PACKAGES.items():
-        row[column] = _version(package)
+        row[column] = package_version(package)
     return row

@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 
 from medpeft_cli.errors import UserError
+from medpeft_cli.store.rundir import check_writable_dir, iter_results
 
 TABLE = "runs"
 
@@ -109,6 +110,9 @@ COLUMNS: dict[str, str] = {
     "generate_images_per_s": "DOUBLE",
     "diffusers_version": "VARCHAR",
     "transformers_version": "VARCHAR",
+    # run length and model selection (issue 15): optimizer steps run (epochs is the epochs run), the selected evaluation's step
+    "train_steps": "INTEGER",
+    "best_step": "INTEGER",
 }
 
 # How long a writer waits for another process's lock before giving up (seconds).
@@ -197,8 +201,6 @@ def append(db_path: str | Path, row: dict[str, Any], replace: bool = False) -> b
 def check_database(db_path: str | Path) -> None:
     """Fail before a run trains if its row could not be stored: a file that is not a DuckDB database,
     one locked beyond the retry budget, or a directory that cannot be created. Creates nothing."""
-    from medpeft_cli.store.rundir import check_writable_dir
-
     db_path = Path(db_path)
     if db_path.exists():
         with _connect(db_path):
@@ -212,12 +214,6 @@ def has_run(db_path: str | Path, run_key: str) -> bool:
         return False
     with _connect(Path(db_path)) as con:
         return con.execute(f"SELECT count(*) FROM {TABLE} WHERE run_key = ?", [run_key]).fetchone()[0] > 0
-
-
-def delete(db_path: str | Path, run_key: str) -> None:
-    if Path(db_path).exists():
-        with _connect(Path(db_path)) as con:
-            con.execute(f"DELETE FROM {TABLE} WHERE run_key = ?", [run_key])
 
 
 def query(db_path: str | Path, where: str = "", params: list[Any] | None = None) -> list[dict[str, Any]]:
@@ -238,10 +234,8 @@ def rebuild(db_path: str | Path, runs_dir: str | Path) -> int:
     The new database is written beside the old one and renamed over it, so a failure half way
     leaves the old database as it was.
     """
-    from medpeft_cli.store.rundir import iter_results
-
     db_path = Path(db_path)
-    rows = list(iter_results(Path(runs_dir)))
+    rows = [{k: v for k, v in row.items() if k in COLUMNS} for row in iter_results(Path(runs_dir))]
     tmp = db_path.with_name(db_path.name + ".rebuild-tmp")
     tmp.unlink(missing_ok=True)
     with _connect(tmp) as con:

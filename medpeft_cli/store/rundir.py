@@ -41,7 +41,7 @@ def write_run_dir(runs_dir: Path, run_key: str, fill: Callable[[Path], dict[str,
     try:
         tmp.mkdir()
         row = fill(tmp)
-        _write_json(tmp / RESULT_FILE, row)
+        write_json(tmp / RESULT_FILE, row)
         if final.exists():
             if not replace:
                 raise UserError(f"run directory {final} already exists; pass --force to replace it")
@@ -58,16 +58,12 @@ def write_run_dir(runs_dir: Path, run_key: str, fill: Callable[[Path], dict[str,
     return final
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON with sorted keys (stable, diff-friendly), flushed to disk."""
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2, sort_keys=True, default=str)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON with sorted keys (stable, diff-friendly)."""
-    _write_json(Path(path), data)
 
 
 def read_result(run_dir: Path) -> dict[str, Any]:
@@ -81,9 +77,8 @@ def read_result(run_dir: Path) -> dict[str, Any]:
 
 
 def iter_results(runs_dir: Path) -> Iterator[dict[str, Any]]:
-    """Rows of every finished run under runs_dir (temporary and damaged directories are skipped)."""
-    from medpeft_cli.store.results import COLUMNS
-
+    """The stored row (result.json) of every finished run under runs_dir; temporary and damaged
+    directories are skipped."""
     if not runs_dir.is_dir():
         raise UserError(f"runs directory {runs_dir} does not exist; pass --runs-dir")
     for path in sorted(runs_dir.glob(f"*/{RESULT_FILE}")):
@@ -93,7 +88,7 @@ def iter_results(runs_dir: Path) -> Iterator[dict[str, Any]]:
             row = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        yield {k: v for k, v in row.items() if k in COLUMNS}
+        yield row
 
 
 def check_writable_dir(path: Path, option: str) -> None:
@@ -141,7 +136,7 @@ def failure_recorded(runs_dir: Path, run_key: str, spec: dict[str, Any], passthr
         try:  # best effort: the disk may be what failed
             target.mkdir(parents=True, exist_ok=True)
             tmp = target / f".{STATUS_FILE}.{os.getpid()}.tmp"
-            _write_json(tmp, status)
+            write_json(tmp, status)
             os.replace(tmp, target / STATUS_FILE)
         except OSError:
             pass
@@ -155,11 +150,3 @@ def _clear(target: Path) -> None:
         target.parent.rmdir()
     except OSError:
         pass
-
-
-def read_failure(runs_dir: Path, run_key: str) -> dict[str, Any] | None:
-    path = failed_dir(runs_dir, run_key) / STATUS_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None

@@ -51,12 +51,23 @@ def sweep_plan(
     grid: GridArg,
     manifest_out: Annotated[Optional[Path], typer.Option("--manifest", help="Where to write the manifest [default: sweeps/<name>.manifest.json].")] = None,
     show: Annotated[bool, typer.Option("--show", help="List every run with its key and status.")] = False,
+    estimate: Annotated[bool, typer.Option("--estimate", help="Device-hours of the runs and the lr search, from measured throughput.")] = False,
+    throughput: Annotated[Optional[list[Path]], typer.Option(help="With --estimate: a benchmarks/train_step.py JSON, or a folder of them (repeatable).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="With --estimate: the device to estimate for (part of its name) [default: the best-measured one].")] = None,
+    max_parallel: Annotated[Optional[int], typer.Option(help="With --estimate: tasks at once, for a wall-clock figure.")] = None,
 ) -> None:
-    """Expand a grid into a manifest of run specs and keys; say how many runs are already done."""
+    """Expand a grid into a manifest of run specs and keys; say how many runs are already done (and, with --estimate, what they will cost)."""
+    if max_parallel is not None and max_parallel < 1:
+        raise UserError(f"--max-parallel must be at least 1, got {max_parallel}")
     manifest, path = _plan(grid, manifest_out)
     _summary(manifest, path)
     if show:
         _show(manifest)
+    if estimate:
+        from medpeft_cli.sweep.estimate import estimate as cost, summary
+
+        for line in summary(cost(manifest, throughput or [], device), max_parallel):
+            out.print(line)
 
 
 def _show(manifest) -> None:
@@ -114,9 +125,10 @@ def sweep_run(
             return EpochProgress(err, quiet=False)
 
     result = run_sweep(manifest, path, path.parent / f"{manifest.name}.logs", concurrent, force, progress_factory, echo=out.print)
-    out.print(f"sweep {manifest.name}: {len(result.finished)} finished, {len(result.skipped)} already done, {len(result.failed)} failed")
-    if result.failed:
-        raise UserError(f"{len(result.failed)} run(s) failed (indices {', '.join(str(i) for i, _ in result.failed)}); their errors are above")
+    out.print(result.summary(manifest.name))
+    error = result.error()  # failed: exit 2, diverged: exit 3
+    if error is not None:
+        raise error
 
 
 @sweep_app.command("run-one")
@@ -138,14 +150,25 @@ def sweep_run_one(
         args += [] if resume else ["--no-resume"]
         raise typer.Exit(relaunch(args, num_processes))
     interrupt_on_sigterm()
+    from medpeft_cli.errors import RunDiverged
+    from medpeft_cli.sweep.local import resume_hint
     from medpeft_cli.train.progress import EpochProgress
 
-    outcome = run_one(manifest_path, index, force=force, progress=EpochProgress(err, quiet=quiet), resume=resume)
-    if not outcome.row:  # a non-main process of a multi-process launch
-        return
+    try:
+        with resume_hint("checkpoint saved: rerun the same command to continue (run-one resumes by default)"):
+            outcome = run_one(manifest_path, index, force=force, progress=EpochProgress(err, quiet=quiet), resume=resume)
+    except RunDiverged as exc:  # stored with status diverged: said on stdout too, then exit code 3
+        _print_run_one(index, exc.outcome, "stored as diverged", exc.outcome.row.get("status_detail") or "")
+        raise
+    if outcome.row:  # empty on the non-main processes of a multi-process launch
+        from medpeft_cli.run.task import headline
+
+        _print_run_one(index, outcome, "already finished" if outcome.status == "skipped" else "finished", headline(outcome.row))
+
+
+def _print_run_one(index: int, outcome, state: str, what: str) -> None:
     row = outcome.row
-    state = "already finished" if outcome.status == "skipped" else "finished"
-    out.print(f"run #{index} {outcome.run_key} {state}: test macro-F1 {row['test_macro_f1']:.4f} ({row['method']} / {row['backbone']} / {row['dataset']}, lr {row['lr']:.3g} {row.get('lr_source') or ''})")
+    out.print(f"run #{index} {outcome.run_key} {state}: {what} ({row['method']} / {row['backbone']} / {row['dataset']}, lr {row['lr']:.3g} {row.get('lr_source') or ''})")
 
 
 @sweep_app.command("slurm")
@@ -153,13 +176,13 @@ def sweep_slurm(
     grid: GridArg,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Directory for the scripts, manifest and logs [default: slurm/<name>].")] = None,
     image: Annotated[Optional[str], typer.Option(help="Apptainer image (.sif or docker://ghcr.io/...) the tasks run in; none: this Python's medpeft.")] = None,
-    partition: Annotated[Optional[str], typer.Option()] = None,
-    account: Annotated[Optional[str], typer.Option()] = None,
-    qos: Annotated[Optional[str], typer.Option()] = None,
-    time_limit: Annotated[str, typer.Option("--time", help="Time limit of each task (Slurm format).")] = "04:00:00",
-    gpus_per_task: Annotated[int, typer.Option(help="GPUs per run (more than 1: data-parallel through Accelerate).")] = 1,
-    cpus_per_task: Annotated[int, typer.Option()] = 8,
-    mem: Annotated[Optional[str], typer.Option(help="Memory per task, e.g. 32G.")] = None,
+    partition: Annotated[Optional[str], typer.Option(help="Partition of every job (tune, runs, report).")] = None,
+    account: Annotated[Optional[str], typer.Option(help="Account every job is charged to.")] = None,
+    qos: Annotated[Optional[str], typer.Option(help="QoS of every job.")] = None,
+    time_limit: Annotated[str, typer.Option("--time", help="Time limit of each task and of the report job (Slurm format).")] = "04:00:00",
+    gpus_per_task: Annotated[int, typer.Option(help="GPUs per run (0: CPU tasks; more than 1: data-parallel through Accelerate).")] = 1,
+    cpus_per_task: Annotated[int, typer.Option(help="CPUs per tune and run task (the report job takes 1).")] = 8,
+    mem: Annotated[Optional[str], typer.Option(help="Memory of every job, e.g. 32G [default: the cluster's].")] = None,
     max_parallel: Annotated[Optional[int], typer.Option(help="At most K tasks at once (%K).")] = None,
     signal_lead: Annotated[int, typer.Option(help="Seconds before the time limit at which a task stops and requeues itself.")] = 300,
     bind: Annotated[Optional[list[str]], typer.Option(help="Extra Apptainer bind, e.g. /scratch/data:/data (repeatable).")] = None,
@@ -167,14 +190,16 @@ def sweep_slurm(
     report_site: Annotated[Optional[Path], typer.Option("--report", help="Also submit a job that renders the site here after the array.")] = None,
     online: Annotated[bool, typer.Option("--online", help="Let tasks use the network (default: HF_HUB_OFFLINE=1).")] = False,
     tune_workers: Annotated[int, typer.Option(help="Parallel workers per tuning study.")] = 1,
+    resubmit_failed: Annotated[bool, typer.Option("--resubmit-failed", help="Only the runs whose last attempt failed (see `medpeft sweep status`).")] = False,
     do_submit: Annotated[bool, typer.Option("--submit", help="Submit the scripts (needs sbatch).")] = False,
 ) -> None:
-    """Write an sbatch job array (tuning, runs, report) for what is missing; --submit submits it."""
-    from medpeft_cli.sweep.manifest import is_manifest_file, load_plan
-    from medpeft_cli.sweep.slurm import SlurmOptions, submit, write_scripts
+    """Write an sbatch job array (tuning, runs, report) for what is missing; --submit submits it.
 
-    if tune_workers < 1:
-        raise UserError(f"--tune-workers must be at least 1, got {tune_workers}")
+    Runs that are finished, or whose array task is still queued, are left out."""
+    from medpeft_cli.sweep.manifest import is_manifest_file, load_plan
+    from medpeft_cli.sweep.slurm import SlurmOptions, check_options, submit, write_scripts
+    from medpeft_cli.sweep.status import SUBMITTABLE, sweep_status
+
     manifest = load_plan(grid)
     target = out_dir or Path("slurm") / manifest.name
     opts = SlurmOptions(
@@ -183,20 +208,72 @@ def sweep_slurm(
         signal_lead_s=signal_lead, binds=bind or [], sbatch_args=sbatch_arg or [], report_site=report_site,
         offline=not online, tune_workers=tune_workers,
     )  # fmt: skip
-    result = write_scripts(manifest, opts)
+    check_options(opts)
+    state = sweep_status(manifest, target, strict=True)
+    chosen = state.indices("failed") if resubmit_failed else state.indices(*SUBMITTABLE)
     _summary(manifest, grid if is_manifest_file(grid) else target / "manifest.json")
-    if result is None:
-        out.print("every run is finished: nothing to submit")
+    queued = state.indices("running", "requeued", "pending")
+    if queued:
+        out.print(f"  {len(queued)} still queued in Slurm (left out)")
+    if not chosen:
+        counts = state.counts()
+        if counts["done"] + counts["diverged"] == len(manifest.entries):
+            out.print("every run is finished: nothing to submit")
+        else:
+            out.print(f"nothing to submit: {'no run has failed' if resubmit_failed else 'every unfinished run is queued'} (see `medpeft sweep status`)")
         return
+    result = write_scripts(manifest, opts, chosen)
     for warning in result.warnings:
         err.print(f"medpeft: warning: {warning}")
+    what = "failed run(s)" if resubmit_failed else "run(s)"
+    out.print(f"{len(chosen)} {what} in the array: {', '.join(map(str, chosen)) if len(chosen) <= 20 else result.scripts['runs']}")
     for kind, path in result.scripts.items():
         out.print(f"{kind}: {path}")
     out.print(f"logs: {result.out_dir / 'logs'}")
     if do_submit:
-        out.print(submit(result))
+        line, warnings = submit(result)
+        for warning in warnings:
+            err.print(warning)
+        out.print(line)
     else:
         out.print(f"submit with: bash {result.scripts['submit']}")
+
+
+@sweep_app.command("status")
+def sweep_status_command(
+    grid: GridArg,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="The directory `sweep slurm` wrote to [default: slurm/<name>].")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON (for scripts).")] = False,
+    every: Annotated[bool, typer.Option("--all", help="List every run, not only the failed and diverged ones.")] = False,
+) -> None:
+    """How many runs of a grid are done / running / requeued / pending / failed / diverged / waiting, and why each failed one failed."""
+    import json
+
+    from rich.table import Table
+
+    from medpeft_cli.sweep.manifest import is_manifest_file, plan, read_manifest
+    from medpeft_cli.sweep.status import STATES, sweep_status
+
+    # The same runs and keys as `sweep slurm` plans; which pairs are supported was checked when it submitted.
+    manifest = read_manifest(grid) if is_manifest_file(grid) else plan(grid, check_support=False)
+    state = sweep_status(manifest, out_dir or Path("slurm") / manifest.name)
+    if as_json:
+        out.print_json(json.dumps(state.to_json()))
+        return
+    counts = state.counts()
+    table = Table(title=f"sweep {manifest.name}: {len(state.runs)} runs (Slurm: {state.slurm})", title_justify="left")
+    for name in STATES:
+        table.add_column(name, justify="right")
+    table.add_row(*(str(counts[name]) for name in STATES))
+    out.print(table)
+    for study in state.studies:
+        answer = f"lr {study.lr:.4g}" if study.lr is not None else "no answer yet"
+        out.print(f"study {study.study}: {study.trials}/{study.of} trials, {answer}")
+    for run in state.runs:
+        if every or run.state in ("failed", "diverged"):
+            where = f" (log: {run.log})" if run.log and run.state != "done" else ""
+            detail = f": {run.reason}" if run.reason else ""
+            out.print(f"#{run.index} {run.run_key or '-'} {run.state}{detail}{where}")
 
 
 def tune(

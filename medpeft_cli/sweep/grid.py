@@ -2,7 +2,7 @@
 
     name: vit-peft                     # optional: names the manifest and the Slurm jobs
     dataset: synthetic-lesions         # any run.yaml key: shared by every run of the grid
-    train: {epochs: 5}
+    train: {epochs: 5}                 # or {steps: 600}: the same optimizer steps at every data_fraction
     grid:                              # spec key (dotted, or a train option name) -> values
       backbone: [test_vit, test_resnet]
       method: [full, linear, {name: lora, rank: 8}]
@@ -30,11 +30,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from medpeft_cli.config import RunSpec, TrainOptions, _set_path, format_validation_error, load_yaml, run_key
+from medpeft_cli.config import RunSpec, TrainOptions, format_validation_error, load_yaml, run_key, set_path
 from medpeft_cli.errors import UserError
 
 TUNED = "tuned"
-GRID_SECTIONS = ("name", "grid", "exclude", "tune")
 GENERATORS = ("range", "linspace", "logspace")
 _TRAIN_FIELDS = tuple(TrainOptions.model_fields)
 _TOP_FIELDS = tuple(f for f in RunSpec.model_fields if f != "output")
@@ -223,7 +222,7 @@ def _point_tree(spec: RunSpec, tuned: bool) -> dict[str, Any]:
 
 
 def _normalise(data: dict[str, Any], tuned: bool, values: dict[str, Any], path: Path) -> GridPoint:
-    from medpeft_cli.train.runner import resolve
+    from medpeft_cli.run import resolve
 
     label = ", ".join(f"{k}={_short(v)}" for k, v in values.items()) or "the base run"
     try:
@@ -290,7 +289,7 @@ def load_grid(path: Path) -> Grid:
                 except UserError as exc:
                     raise UserError(f"{path}: grid.method: {exc}") from None
             else:
-                _set_path(point_data, key.split("."), copy.deepcopy(value))
+                set_path(point_data, key.split("."), copy.deepcopy(value))
         point = _normalise(point_data, tuned, values, path)
         tree = _point_tree(point.spec, point.tuned)
         if any([e.matches(tree) for e in exclusions]):  # a list, so every exclusion counts its matches
@@ -321,15 +320,17 @@ def check_backbone_support(points: list[GridPoint]) -> None:
     from medpeft_cli.models.backbones import shape_backbone
     from medpeft_cli.models.sources import parse_backbone
 
-    families: dict[tuple[str, int], str] = {}
+    families: dict[tuple[str, int, str | None], str] = {}
     bad: dict[tuple[str, str, str], int] = {}  # (method, backbone, family) -> number of runs
     for point in points:
         spec = point.spec
+        if spec.task != "classification":
+            continue  # a text-to-image method applies to the U-Net of any pipeline; the run checks the pipeline
         if parse_backbone(spec.backbone).needs_hub:
             continue  # hf-hub: / transformers hub ids need the hub to build; checked when the run starts
-        size_key = (spec.backbone, spec.image_size)
+        size_key = (spec.backbone, spec.image_size, spec.head)
         if size_key not in families:
-            families[size_key] = shape_backbone(spec.backbone, spec.image_size).family
+            families[size_key] = shape_backbone(spec.backbone, spec.image_size, head=spec.head).family
         family = families[size_key]
         if family not in get_method(spec.method.name).families:
             pair = (spec.method.name, spec.backbone, family)
@@ -341,3 +342,34 @@ def check_backbone_support(points: list[GridPoint]) -> None:
             f"the grid pairs methods with backbones they do not support: {pairs}; "
             f"add exclusions such as `exclude: [{{method: {m}, backbone: {b}}}]` (`medpeft methods` shows what applies to each family)"
         )
+
+
+def check_datasets(points: list[GridPoint]) -> None:
+    """Every dataset must be one `medpeft train` would load under that name (data/load.py): a registered
+    one, or one the user prepared under the data directory. A classification run needs a multiclass set.
+
+    Nothing is loaded or downloaded: `medpeft prefetch` does that; this only refuses names no run could use.
+    """
+    from medpeft_cli.data.load import default_data_dir
+    from medpeft_cli.data.prepared import available_resolutions
+    from medpeft_cli.data.registry import get_dataset_entry
+
+    seen: set[tuple[str, str, str]] = set()
+    for point in points:
+        spec = point.spec
+        key = (spec.dataset, str(spec.output.data_dir), spec.task)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            entry = get_dataset_entry(spec.dataset)
+        except UserError as unknown:
+            data_dir = Path(spec.output.data_dir) if spec.output.data_dir else default_data_dir()
+            if available_resolutions(data_dir, spec.dataset):
+                continue  # the user's own prepared dataset
+            raise UserError(
+                f"{point.describe()}: {unknown} or prepare your own under {data_dir} with "
+                f"`medpeft datasets prepare {spec.dataset} --raw DIR --from imagefolder|manifest`"
+            ) from None
+        if spec.task == "classification" and entry.task != "multiclass":
+            raise UserError(f"{point.describe()}: {spec.dataset} is a {entry.task} dataset; `medpeft train` fine-tunes single-label classifiers (multiclass datasets)")

@@ -4,7 +4,7 @@
 this process, then start `accelerate launch --multi_gpu --num_processes N -m medpeft_cli ...`: one
 process per GPU, or N CPU processes talking over gloo when no GPU is visible. Accelerate only runs
 CPU processes as one distributed job when ACCELERATE_USE_CPU is set; without it each process would
-train alone, so it is set here (and the run refuses such a launch otherwise, see train/runner.py).
+train alone, so it is set here (and the run refuses such a launch otherwise, see train/task.py `check_world`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,12 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from medpeft_cli.errors import UserError
+
+# Where the main process of a launch notes its outcome's exit code (`record_outcome`).
+OUTCOME_ENV = "MEDPEFT_OUTCOME_FILE"
 
 
 def launched_by_accelerate() -> bool:
@@ -50,17 +54,35 @@ def launch_command(args: list[str], num_processes: int, cuda_devices: int) -> tu
     return cmd, env
 
 
+def record_outcome(exit_code: int) -> None:
+    """In the main process of a launch by `relaunch`: note the exit code of its outcome (errors.py), which
+    the launcher itself reports as a plain failure (1)."""
+    path = os.environ.get(OUTCOME_ENV)
+    if path and os.environ.get("RANK", "0") == "0":
+        Path(path).write_text(f"{exit_code}\n", encoding="utf-8")
+
+
 def relaunch(args: list[str], num_processes: int) -> int:
-    """Run `medpeft ARGS` on `num_processes` processes; returns the launcher's exit code.
+    """Run `medpeft ARGS` on `num_processes` processes; returns the exit code of the main process's
+    outcome (user error 2, diverged 3, stopped 75, as from one process), else the launcher's.
 
     `--mixed_precision no` only silences accelerate's notice: the run sets its own precision.
     """
     if launched_by_accelerate():
         raise UserError("--num-processes is for a plain `medpeft` call; this process is already part of a multi-process launch")
+    import tempfile
+
     import torch
 
     cmd, env = launch_command(args, num_processes, torch.cuda.device_count())
-    return subprocess.run(cmd, env=env, check=False).returncode
+    fd, outcome = tempfile.mkstemp(prefix="medpeft-outcome-")
+    os.close(fd)
+    try:
+        code = subprocess.run(cmd, env={**env, OUTCOME_ENV: outcome}, check=False).returncode
+        recorded = Path(outcome).read_text(encoding="utf-8").strip()
+        return int(recorded) if code and recorded else code
+    finally:
+        Path(outcome).unlink(missing_ok=True)
 
 
 def relaunch_train(spec, num_processes: int, force: bool, quiet: bool, site) -> int:
@@ -70,11 +92,10 @@ def relaunch_train(spec, num_processes: int, force: bool, quiet: bool, site) -> 
     one error line instead of one per process.
     """
     import tempfile
-    from pathlib import Path
 
     import yaml
 
-    from medpeft_cli.train.runner import resolve
+    from medpeft_cli.run import resolve
 
     if num_processes < 1:
         raise UserError(f"--num-processes must be at least 1, got {num_processes}")

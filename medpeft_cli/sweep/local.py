@@ -3,7 +3,8 @@
 `run_one` is what every array task calls (`medpeft sweep run-one MANIFEST --index I`); `run_sweep`
 runs the missing entries in this process (`concurrent=1`) or as N `run-one` subprocesses at once,
 which share the GPU. Finished run keys are skipped, so a sweep can be stopped and started again.
-A run that fails does not stop the others; the sweep names every failure and exits non-zero.
+A run that fails or diverges does not stop the others; the sweep names each and ends with the exit
+code of the worst (failed: 2, diverged: 3; errors.py).
 """
 
 from __future__ import annotations
@@ -14,24 +15,38 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medpeft_cli.config import RunSpec
-from medpeft_cli.errors import UserError
+from medpeft_cli.errors import DIVERGED_EXIT_CODE, PREEMPTED_EXIT_CODE, MedpeftError, Preempted, RunDiverged, UserError
+from medpeft_cli.run.task import headline
+from medpeft_cli.store import RESULT_FILE
 from medpeft_cli.sweep.manifest import Manifest, ReadyRun, Resolver, read_manifest, status
 
 
 def interrupt_on_sigterm() -> None:
     """Turn SIGTERM (Slurm's stop signal, `kill`) into KeyboardInterrupt: the run ends cleanly,
-    nothing partial is stored, and the CLI says so; a bare SIGTERM would kill Python silently."""
+    nothing partial is stored, and the CLI says so; a bare SIGTERM would kill Python silently.
+    (While a run trains, its own handler takes over: it checkpoints and stops, `Preempted`.)"""
 
     def handler(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+@contextmanager
+def resume_hint(hint: str) -> Iterator[None]:
+    """How to continue after a stop signal, for commands that resume differently than `medpeft train --resume`."""
+    try:
+        yield
+    except Preempted as exc:
+        exc.hint = hint
+        raise
 
 
 def _entry(manifest: Manifest, index: int):
@@ -42,21 +57,18 @@ def _entry(manifest: Manifest, index: int):
 
 def run_one(manifest_path: Path, index: int, force: bool = False, progress=None, resume: bool = True):
     """Run entry `index` of a manifest (skipped when its key is finished, continued from its
-    checkpoint when a stopped task left one); returns the RunOutcome."""
-    from medpeft_cli.train.runner import train
+    checkpoint when a stopped task left one); returns the RunOutcome. Raises `RunDiverged` when the
+    run is stored as diverged (now or before), like `run.train`."""
+    from medpeft_cli.run.lifecycle import stored_outcome
 
     manifest = read_manifest(manifest_path)
     ready = Resolver(manifest).require(_entry(manifest, index))
     if ready.done and not force:
         # What train() does for a finished key, without loading torch first: a requeued or repeated
         # array task of a finished run ends in a second instead of importing the whole stack.
-        from medpeft_cli.store import append, read_result
-        from medpeft_cli.train.runner import RunOutcome
+        return stored_outcome(ready.spec, ready.run_key)
+    from medpeft_cli.run import train
 
-        run_dir = Path(ready.spec.output.runs_dir) / ready.run_key
-        row = read_result(run_dir)
-        append(ready.spec.output.db, row)  # restores the row if an earlier DB write gave up
-        return RunOutcome(ready.run_key, "skipped", run_dir, row)
     return train(ready.spec, force=force, progress=progress, lr_origin=ready.lr_origin, resume=resume)
 
 
@@ -80,11 +92,36 @@ def describe(spec: RunSpec) -> str:
     return f"{spec.method.name} / {spec.backbone} / {spec.dataset} / {subset} / seed {spec.seed}"
 
 
+FINISHED, DIVERGED, FAILED = "finished", "diverged", "failed"
+
+
 @dataclass
 class SweepResult:
     finished: list[int] = field(default_factory=list)
-    skipped: list[int] = field(default_factory=list)  # already finished before the sweep
+    skipped: list[int] = field(default_factory=list)  # already finished (ok) before the sweep
     failed: list[tuple[int, str]] = field(default_factory=list)
+    diverged: list[int] = field(default_factory=list)  # stored with status diverged, now or before the sweep
+
+    def summary(self, name: str) -> str:
+        counts = f"{len(self.finished)} finished, {len(self.skipped)} already done, {len(self.failed)} failed, {len(self.diverged)} diverged"
+        return f"sweep {name}: {counts}"
+
+    def error(self) -> MedpeftError | None:
+        """How the sweep ends: failures first (exit 2), then divergences (exit 3), else None (exit 0)."""
+        diverged = f"{len(self.diverged)} run(s) diverged (indices {', '.join(map(str, self.diverged))})"
+        if self.failed:
+            more = f"; {diverged}" if self.diverged else ""
+            return UserError(f"{len(self.failed)} run(s) failed (indices {', '.join(str(i) for i, _ in self.failed)}); their errors are above{more}")
+        if self.diverged:
+            return RunDiverged(f"{diverged}: stored with status diverged; lower their learning rate and rerun them with --force")
+        return None
+
+
+def _stored_status(ready: ReadyRun) -> dict:
+    try:
+        return json.loads((Path(ready.spec.output.runs_dir) / ready.run_key / RESULT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _last_error_line(log: Path) -> str:
@@ -96,12 +133,55 @@ def _last_error_line(log: Path) -> str:
     return (errors or lines or ["exited without output"])[-1]
 
 
-def _f1(ready: ReadyRun) -> str:
+def _run_here(ready: ReadyRun, force: bool, progress, log: Path) -> tuple[str, str]:
+    """Run in this process: (state, detail). A failed run does not stop the others; a stop signal does."""
+    from medpeft_cli.run import train
+
     try:
-        row = json.loads((Path(ready.spec.output.runs_dir) / ready.run_key / "result.json").read_text(encoding="utf-8"))
-        return f"test macro-F1 {row['test_macro_f1']:.4f}"
-    except (OSError, ValueError, KeyError):
-        return "finished"
+        with resume_hint("checkpoint saved: run the same `medpeft sweep run` again to continue"):
+            train(ready.spec, force=force, progress=progress, lr_origin=ready.lr_origin)
+    except Preempted:
+        raise  # a stop signal stops the sweep (the run is checkpointed), not just this run
+    except RunDiverged as exc:
+        return DIVERGED, str(exc)
+    except UserError as exc:
+        return FAILED, str(exc)
+    except Exception as exc:  # a crash (out of memory, a bug) must not stop the other runs
+        log.write_text(traceback.format_exc(), encoding="utf-8")
+        return FAILED, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return FINISHED, ""
+
+
+def _run_subprocess(ready: ReadyRun, manifest_path: Path, force: bool, log: Path) -> tuple[str, str]:
+    """Run as `medpeft sweep run-one` (its output in `log`): (state, detail) from its exit code."""
+    cmd = [sys.executable, "-m", "medpeft_cli", "sweep", "run-one", str(manifest_path), "--index", str(ready.index)]
+    with open(log, "w", encoding="utf-8") as fh:
+        code = subprocess.run([*cmd, *(["--force"] if force else [])], stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+    if code == 0:
+        return FINISHED, ""
+    if code == DIVERGED_EXIT_CODE:
+        return DIVERGED, _last_error_line(log).removeprefix(f"medpeft: {RunDiverged.label}: ")
+    if code == PREEMPTED_EXIT_CODE:
+        return FAILED, "stopped by a signal; its checkpoint is kept: run the sweep again to resume it"
+    return FAILED, _last_error_line(log)
+
+
+def _todo(manifest: Manifest, force: bool, result: SweepResult, echo: Callable[[str], None]) -> list[ReadyRun]:
+    """The runs to run; finished ones are counted as already done (or diverged, when stored so)."""
+    resolver = Resolver(manifest)
+    todo = []
+    for entry in manifest.entries:
+        ready = resolver.require(entry)
+        if force or not ready.done:
+            todo.append(ready)
+            continue
+        row = _stored_status(ready)
+        if row.get("status") == DIVERGED:
+            result.diverged.append(entry.index)
+            echo(f"#{entry.index} {describe(ready.spec)}: stored as diverged ({row.get('status_detail')}); rerun with --force")
+        else:
+            result.skipped.append(entry.index)
+    return todo
 
 
 def run_sweep(
@@ -113,62 +193,41 @@ def run_sweep(
     progress_factory: Callable[[], object] | None = None,
     echo: Callable[[str], None] = print,
 ) -> SweepResult:
-    """Run every entry that is not finished (all with `force`); tuned lrs must be known (tune_missing)."""
-    resolver = Resolver(manifest)
+    """Run every entry that is not finished (all with `force`) here, or `concurrent` at a time as
+    subprocesses; tuned lrs must be known (tune_missing)."""
     result = SweepResult()
-    todo: list[ReadyRun] = []
-    for entry in manifest.entries:
-        ready = resolver.require(entry)
-        if ready.done and not force:
-            result.skipped.append(entry.index)
-        else:
-            todo.append(ready)
+    todo = _todo(manifest, force, result, echo)
     log_dir.mkdir(parents=True, exist_ok=True)
-    total = len(todo)
 
-    def report(number: int, ready: ReadyRun, seconds: float, error: str | None) -> None:
-        where = f"[{number}/{total}] #{ready.index} {describe(ready.spec)}"
-        if error is None:
+    def report(number: int, ready: ReadyRun, seconds: float, state: str, detail: str) -> None:
+        where = f"[{number}/{len(todo)}] #{ready.index} {describe(ready.spec)}"
+        if state == FINISHED:
             result.finished.append(ready.index)
-            echo(f"{where}: {_f1(ready)} ({seconds:.0f} s)")
+            echo(f"{where}: {headline(_stored_status(ready))} ({seconds:.0f} s)")
+        elif state == DIVERGED:
+            result.diverged.append(ready.index)
+            echo(f"{where}: DIVERGED: {detail} ({seconds:.0f} s)")
         else:
-            result.failed.append((ready.index, error))
-            echo(f"{where}: FAILED: {error} (log: {log_dir / f'{ready.index}.log'})")
+            result.failed.append((ready.index, detail))
+            echo(f"{where}: FAILED: {detail} (log: {log_dir / f'{ready.index}.log'})")
+
+    def here(ready: ReadyRun) -> tuple[ReadyRun, float, str, str]:
+        start = time.perf_counter()
+        progress = progress_factory() if progress_factory else None
+        state, detail = _run_here(ready, force, progress, log_dir / f"{ready.index}.log")
+        return ready, time.perf_counter() - start, state, detail
+
+    def subprocess_(ready: ReadyRun) -> tuple[ReadyRun, float, str, str]:
+        start = time.perf_counter()
+        state, detail = _run_subprocess(ready, manifest_path, force, log_dir / f"{ready.index}.log")
+        return ready, time.perf_counter() - start, state, detail
 
     if concurrent <= 1:
-        from medpeft_cli.train.resume import Preempted
-        from medpeft_cli.train.runner import train
-
         for number, ready in enumerate(todo, 1):
-            start = time.perf_counter()
-            error = None
-            try:
-                progress = progress_factory() if progress_factory else None
-                train(ready.spec, force=force, progress=progress, lr_origin=ready.lr_origin)
-            except Preempted:
-                raise  # a stop signal stops the sweep (the run is checkpointed), not just this run
-            except UserError as exc:
-                error = str(exc)
-            except Exception as exc:  # a crash (diverged loss, out of memory) must not stop the other runs
-                error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                (log_dir / f"{ready.index}.log").write_text(traceback.format_exc(), encoding="utf-8")
-            report(number, ready, time.perf_counter() - start, error)
+            report(number, *here(ready))
         return result
-
-    from medpeft_cli.train.resume import PREEMPTED_EXIT_CODE
-
-    def launch(ready: ReadyRun) -> tuple[ReadyRun, float, str | None]:
-        log = log_dir / f"{ready.index}.log"
-        cmd = [sys.executable, "-m", "medpeft_cli", "sweep", "run-one", str(manifest_path), "--index", str(ready.index)]
-        start = time.perf_counter()
-        with open(log, "w", encoding="utf-8") as fh:
-            code = subprocess.run([*cmd, *(["--force"] if force else [])], stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
-        if code == PREEMPTED_EXIT_CODE:
-            return ready, time.perf_counter() - start, "stopped by a signal; its checkpoint is kept: run the sweep again to resume it"
-        return ready, time.perf_counter() - start, None if code == 0 else _last_error_line(log)
-
     with ThreadPoolExecutor(max_workers=concurrent) as pool:
-        futures = [pool.submit(launch, ready) for ready in todo]
+        futures = [pool.submit(subprocess_, ready) for ready in todo]
         for number, future in enumerate(as_completed(futures), 1):
             report(number, *future.result())
     return result

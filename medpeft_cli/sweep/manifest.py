@@ -20,24 +20,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medpeft_cli.config import PROTOCOL_VERSION, RunSpec, run_key
 from medpeft_cli.errors import UserError
+from medpeft_cli.sweep.tune import TuneGroup, best_lr, study_progress, tune_group_for
 
 FORMAT = "medpeft-sweep-manifest-v1"
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class TuneGroup(_Model):
-    """One Optuna study: the runs that share a tuned lr (method, backbone, dataset[, fraction], ...)."""
-
-    study: str
-    spec: dict[str, Any]  # the trials' RunSpec (train.lr is what each trial samples)
-    trials: int
-    lr_min: float
-    lr_max: float
-    pruner: str
-    seed: int
 
 
 class Entry(_Model):
@@ -89,11 +78,11 @@ def absolute_storage(storage: str) -> str:
 def plan(grid_path: Path, check_support: bool = True) -> Manifest:
     """Expand a grid file into a manifest (nothing is written)."""
     import medpeft_cli
-    from medpeft_cli.sweep.grid import check_backbone_support, load_grid
-    from medpeft_cli.sweep.tune import tune_group_for
+    from medpeft_cli.sweep.grid import check_backbone_support, check_datasets, load_grid
 
     grid = load_grid(grid_path)
-    if check_support:
+    if check_support:  # what `medpeft train` would refuse, refused before anything is written
+        check_datasets(grid.points)
         check_backbone_support(grid.points)
     entries: list[Entry] = []
     groups: dict[str, TuneGroup] = {}
@@ -198,8 +187,6 @@ class Resolver:
     def tuned(self, study: str):
         """The study's answer (`TunedLR`), or None while it is not finished."""
         if study not in self._tuned:
-            from medpeft_cli.sweep.tune import best_lr
-
             self._tuned[study] = best_lr(self.manifest.tune_storage or "", self.manifest.group(study))
         return self._tuned[study]
 
@@ -218,8 +205,6 @@ class Resolver:
     def require(self, entry: Entry) -> ReadyRun:
         ready = self.ready(entry)
         if ready is None:
-            from medpeft_cli.sweep.tune import study_progress
-
             group = self.manifest.group(entry.study or "")
             finished = study_progress(self.manifest.tune_storage or "", group)
             raise UserError(

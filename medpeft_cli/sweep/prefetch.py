@@ -21,13 +21,15 @@ from medpeft_cli.sweep.manifest import Manifest
 
 @dataclass(frozen=True)
 class Need:
-    kind: str  # "dataset" or "backbone"
+    kind: str  # "dataset", "backbone" or "pipeline" (text-to-image)
     name: str
-    detail: tuple  # dataset: (data_dir, resolution); backbone: (weights, image_size, weights_prefix)
+    detail: tuple  # dataset: (data_dir, resolution); backbone: (weights, image_size, weights_prefix, weights_key, head); pipeline: (data_dir,)
 
     def label(self) -> str:
         if self.kind == "dataset":
             return f"dataset {self.name}" + (f" at {self.detail[1]} px" if self.detail[1] else "")
+        if self.kind == "pipeline":
+            return f"pipeline {self.name}"
         return f"{self.detail[0]} weights of {self.name}"
 
 
@@ -39,9 +41,11 @@ def needs(manifest: Manifest) -> list[Need]:
     for spec in specs:
         data_dir = str(spec.output.data_dir) if spec.output.data_dir else None
         found[Need("dataset", spec.dataset, (data_dir, spec.data_resolution))] = None
-        if spec.weights != "random" or (spec.task == "classification" and parse_backbone(spec.backbone).needs_hub):
+        if spec.task == "t2i":  # the diffusers pipeline (an HF id or folder, or the generated tiny-sd)
+            found[Need("pipeline", spec.backbone, (data_dir,))] = None
+        elif spec.weights != "random" or parse_backbone(spec.backbone).needs_hub:
             # hf-hub: and transformers hub ids need the hub (or its cache) even for their config
-            found[Need("backbone", spec.backbone, (spec.weights, spec.image_size, spec.weights_prefix))] = None
+            found[Need("backbone", spec.backbone, (spec.weights, spec.image_size, spec.weights_prefix, spec.weights_key, spec.head))] = None
     return list(found)
 
 
@@ -52,10 +56,16 @@ def _load(need: Need, download: bool) -> str:
 
         data_dir, resolution = need.detail
         return load_dataset(need.name, Path(data_dir) if data_dir else None, download=download, resolution=resolution).source
+    if need.kind == "pipeline":
+        from medpeft_cli.data import default_data_dir
+        from medpeft_cli.t2i.pipeline import load_pipeline
+
+        data_dir = need.detail[0]
+        return load_pipeline(need.name, Path(data_dir) if data_dir else default_data_dir()).weights_source
     from medpeft_cli.models import create_backbone
 
-    weights, image_size, prefix = need.detail
-    return create_backbone(need.name, weights, 2, image_size, 0, prefix).weights_source
+    weights, image_size, prefix, key, head = need.detail
+    return create_backbone(need.name, weights, 2, image_size, 0, prefix, weights_key=key, head=head).weights_source
 
 
 def prefetch_backbones(specs: list[str], weights: str, image_size: int, echo: Callable[[str], None] = print) -> list[tuple[Need, str]]:
@@ -67,10 +77,10 @@ def prefetch_backbones(specs: list[str], weights: str, image_size: int, echo: Ca
     done = []
     for spec in specs:
         source = parse_backbone(spec)
-        if not source.needs_hub and (weights != "pretrained" or source.kind != "timm"):
+        if not source.needs_hub and (weights != "pretrained" or source.kind not in ("timm", "builtin")):
             echo(f"nothing to fetch for {spec}: it is read from local files")
             continue
-        need = Need("backbone", spec, (weights, image_size, None))
+        need = Need("backbone", spec, (weights, image_size, None, None, None))
         found = _load(need, download=True)
         echo(f"ready: {need.label()} ({found})")
         done.append((need, found))
@@ -99,7 +109,7 @@ def ensure_available(manifest: Manifest, download: bool) -> None:
     """
     missing = []
     for need in needs(manifest):
-        if need.kind == "backbone" and download:
+        if need.kind != "dataset" and download:
             continue  # online, a run fetches its weights itself
         try:
             _load(need, download=download)

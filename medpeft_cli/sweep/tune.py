@@ -25,15 +25,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from medpeft_cli.config import PROTOCOL_VERSION, RunSpec
-from medpeft_cli.errors import UserError
+from medpeft_cli.errors import Preempted, RunDiverged, UserError
 from medpeft_cli.sweep.grid import TuneSettings
-from medpeft_cli.sweep.manifest import TuneGroup
 
 # Epochs are reported as steps 1, 2, ...; MedianPruner prunes from step n_warmup_steps on, so 2
 # keeps the first epoch (the lr is still warming up there) out of pruning decisions.
 PRUNER_WARMUP_STEPS = 2
 PRUNER_STARTUP_TRIALS = 5
+
+
+class TuneGroup(BaseModel):
+    """One Optuna study: the runs that share a tuned lr (method, backbone, dataset[, fraction], ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    study: str
+    spec: dict[str, Any]  # the trials' RunSpec (train.lr is what each trial samples)
+    trials: int
+    lr_min: float
+    lr_max: float
+    pruner: str
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,8 @@ def tune_group_for(spec: RunSpec, settings: TuneSettings) -> TuneGroup:
     extends the study.
     """
     fraction = spec.data_fraction if settings.data_fraction == "per-run" else settings.data_fraction
+    if settings.epochs is not None and spec.train.steps is not None:
+        raise UserError(f"tune.epochs does not apply to runs whose length is train.steps ({spec.train.steps}); drop tune.epochs (trials then train the runs' steps)")
     train = spec.train.model_copy(update={"lr": None, "epochs": settings.epochs or spec.train.epochs})
     trial_spec = spec.model_copy(update={"seed": settings.seed, "data_fraction": fraction, "train": train})
     identity = {
@@ -164,6 +181,7 @@ class _TrialReporter:
     def __init__(self, trial, echo: Callable[[str], None]):
         self.trial = trial
         self.echo = echo
+        self.evaluations = 0  # Optuna's step: the evaluation's number (= the epoch under protocol 1's per-epoch evaluation)
 
     def start(self, epochs: int, images_per_epoch: int) -> None:
         pass
@@ -172,12 +190,21 @@ class _TrialReporter:
         pass
 
     def epoch_done(self, record: dict, line: str) -> None:
+        self.echo(f"  trial {self.trial.number}: {line}")
+        if "val_macro_f1" in record:  # an epoch without an evaluation (train.eval_every_steps / evals_per_run) reports nothing
+            self._report(record)
+
+    def evaluated(self, record: dict, line: str) -> None:
+        self.echo(f"  trial {self.trial.number}: {line}")
+        self._report(record)
+
+    def _report(self, record: dict) -> None:
         import optuna
 
-        self.trial.report(record["val_macro_f1"], step=record["epoch"])
-        self.echo(f"  trial {self.trial.number}: {line}")
+        self.evaluations += 1
+        self.trial.report(record["val_macro_f1"], step=self.evaluations)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"validation macro-F1 {record['val_macro_f1']:.4f} below the median after epoch {record['epoch']}")
+            raise optuna.TrialPruned(f"validation macro-F1 {record['val_macro_f1']:.4f} below the median after evaluation {self.evaluations} (epoch {record['epoch']})")
 
     def stop(self) -> None:
         pass
@@ -186,7 +213,7 @@ class _TrialReporter:
 def _objective(group: TuneGroup, echo: Callable[[str], None]):
     import optuna
 
-    from medpeft_cli.train.runner import train
+    from medpeft_cli.run import train
 
     def objective(trial) -> float:
         lr = trial.suggest_float("lr", group.lr_min, group.lr_max, log=True)
@@ -200,9 +227,12 @@ def _objective(group: TuneGroup, echo: Callable[[str], None]):
         })  # fmt: skip
         try:
             outcome = train(spec, force=True, progress=_TrialReporter(trial, echo))
-        except FloatingPointError as exc:
+        except RunDiverged as exc:
             trial.set_user_attr("diverged", str(exc))
             raise optuna.TrialPruned(f"diverged: {exc}") from None
+        except Preempted as exc:  # Optuna marks the trial failed; its scratch run is deleted below
+            exc.hint = "the trial is marked failed; run the same `medpeft tune` command again to continue the study"
+            raise
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         value = float(outcome.row["val_macro_f1"])

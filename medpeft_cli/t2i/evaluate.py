@@ -34,7 +34,7 @@ def evaluate_t2i_run(
     from medpeft_cli.t2i.generate import save_grid
     from medpeft_cli.t2i.latents import compute_encodings
     from medpeft_cli.t2i.pipeline import load_pipeline, quiet_hf
-    from medpeft_cli.t2i.runner import data_root, evaluate_generation, weight_dtype
+    from medpeft_cli.t2i.scoring import data_root, evaluate_generation, weight_dtype
     from medpeft_cli.t2i.weights import load_t2i_weights
 
     if split != "test":

@@ -4,7 +4,8 @@ Per step, as diffusers' examples/text_to_image/train_text_to_image.py: sample a 
 posterior, scale it, add noise at a uniformly drawn timestep, and regress the U-Net's prediction on
 the scheduler's target (the noise for epsilon-prediction, the velocity for v-prediction) with MSE.
 AdamW, linear warm-up then cosine decay (the classification protocol's schedule), optional EMA of the
-trained parameters (diffusers' EMAModel) that is then evaluated, optional caption dropout.
+trained parameters (diffusers' EMAModel) that is then evaluated, optional caption dropout. Epochs,
+checkpoints, resume, stop signals and divergence are the shared `EpochLoop`'s (train/loop.py).
 
 Batches come either from the latent cache (posterior parameters + caption embeddings) or, uncached,
 as images + token ids encoded on the fly by the frozen VAE and text encoder; both feed the same
@@ -14,9 +15,9 @@ step, drawing the same random numbers in the same order.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from medpeft_cli.config import T2IOptions, TrainOptions
 from medpeft_cli.errors import UserError
-from medpeft_cli.train.classify import _peak_memory, make_scheduler
+from medpeft_cli.train.loop import EpochLoop, make_scheduler, peak_memory
+from medpeft_cli.train.resume import Control
 
 VAL_SEED = 20240704  # fixed noise and timesteps of the validation loss: comparable across epochs and runs
 
@@ -109,6 +111,7 @@ class T2IFitResult:
     train_images_per_s: float = 0.0
     peak_memory_mb: float = 0.0
     memory_kind: str = ""
+    diverged: str = ""  # why training stopped early (the loss became NaN/Inf); "" when it did not
 
 
 @torch.no_grad()
@@ -124,6 +127,77 @@ def validation_loss(unet: nn.Module, loader, denoising: Denoising, accelerator: 
     return float(total[0] / total[1])
 
 
+@dataclass
+class DenoisingStep:
+    """One training step: encode the batch (cached: as it is), noise-prediction loss, backward, AdamW
+    (Accelerate's optimizer wrapper skips the step while gradients accumulate), schedule, EMA update.
+    Also the checkpointed state of the loop's task (`state`/`load`): optimizer steps and the EMA."""
+
+    unet: nn.Module
+    optimizer: Any
+    scheduler: Any
+    accelerator: Accelerator
+    encode: Callable
+    denoising: Denoising
+    params: list[nn.Parameter]  # the trained parameters (what the EMA averages)
+    ema: Any = None  # diffusers EMAModel, or None
+    steps: int = 0  # optimizer steps taken
+
+    def __post_init__(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.accelerator.device)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.accelerator.device)
+
+    def __call__(self, batch) -> int:
+        accelerator = self.accelerator
+        with accelerator.accumulate(self.unet):
+            batch_params, text = self.encode(batch)
+            loss = self.denoising.loss(self.unet, batch_params, text)
+            accelerator.backward(loss)
+            self.optimizer.step()
+            if accelerator.sync_gradients:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            self.steps += 1
+            if self.ema is not None:
+                self.ema.step(self.params)
+        loss = loss.detach()
+        self.loss_sum += loss * len(batch_params)
+        self.nonfinite |= ~torch.isfinite(loss)
+        return len(batch_params)
+
+    def state(self) -> dict[str, Any]:
+        if self.ema is None:
+            return {"t2i_steps": self.steps, "ema": None}
+        ema = self.ema.state_dict()
+        return {"t2i_steps": self.steps, "ema": {**ema, "shadow_params": [p.detach().cpu().clone() for p in ema["shadow_params"]]}}
+
+    def load(self, checkpoint: dict[str, Any]) -> None:
+        self.steps = checkpoint["t2i_steps"]
+        if self.ema is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
+            self.ema.to(self.accelerator.device)
+
+
+@dataclass
+class EndOfEpochValidation:
+    """The validation loss after an epoch (with EMA: only after the last one, with the averaged weights,
+    which are then what is evaluated and saved)."""
+
+    unet: nn.Module
+    loader: Any
+    denoising: Denoising
+    accelerator: Accelerator
+    epochs: int
+    step: DenoisingStep
+
+    def __call__(self, epoch: int, record: dict) -> None:
+        if len(self.loader) and (epoch == self.epochs or self.step.ema is None):
+            if self.step.ema is not None:
+                self.step.ema.copy_to(self.step.params)
+            record["val_loss"] = validation_loss(self.unet, self.loader, self.denoising, self.accelerator)
+
+
 def fit_t2i(
     unet: nn.Module,
     train_loader,
@@ -136,12 +210,15 @@ def fit_t2i(
     accelerator: Accelerator,
     on_epoch: Callable[[dict], None] = lambda record: None,
     on_step: Callable[[int], None] = lambda n: None,
+    control: Control | None = None,
 ) -> T2IFitResult:
     """Train `unet`'s trainable parameters; returns the history. With EMA, the averaged weights are
-    copied into the U-Net at the end (they are what is evaluated and saved)."""
+    copied into the U-Net at the end (they are what is evaluated and saved). `control` (checkpoint,
+    resume, stop flag, hooks) replaces `on_epoch`/`on_step` when given."""
     params = [p for p in unet.parameters() if p.requires_grad]
     if not params:
         raise UserError("the method left no U-Net parameter trainable; check its options")
+    data_generator = train_loader.sampler.generator  # its state at an epoch's start fixes that epoch's batches
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=options.weight_decay)
     unet, optimizer, train_loader, val_loader = accelerator.prepare(unet, optimizer, train_loader, val_loader)
     steps_per_epoch = math.ceil(len(train_loader) / options.grad_accum_steps)
@@ -152,51 +229,19 @@ def fit_t2i(
 
         ema = EMAModel(params, decay=t2i.ema_decay)
         ema.to(accelerator.device)
-
-    result = T2IFitResult()
-    images_seen, train_seconds = 0, 0.0
-    for epoch in range(1, options.epochs + 1):
-        unet.train()
-        loss_sum = torch.zeros((), device=accelerator.device)
-        epoch_images = 0
-        start = time.perf_counter()
-        for batch in train_loader:
-            with accelerator.accumulate(unet):
-                batch_params, text = encode(batch)
-                loss = denoising.loss(unet, batch_params, text)
-                accelerator.backward(loss)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if accelerator.sync_gradients:
-                result.steps += 1
-                if ema is not None:
-                    ema.step(params)
-            loss_sum += loss.detach() * len(batch_params)
-            epoch_images += len(batch_params)
-            on_step(len(batch_params))
-        if accelerator.device.type == "cuda":
-            torch.cuda.synchronize(accelerator.device)
-        seconds = time.perf_counter() - start
-        images_seen += epoch_images
-        train_seconds += seconds
-        totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(epoch_images), device=accelerator.device)]), "sum")
-        train_loss = float(totals[0] / totals[1])
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}; lower the learning rate")
-        record = {"epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
-                  "train_images_per_s": epoch_images * accelerator.num_processes / seconds}
-        if len(val_loader) and (epoch == options.epochs or ema is None):
-            if ema is not None:  # the last epoch's validation loss is that of the weights evaluated: the average
-                ema.copy_to(params)
-            record["val_loss"] = validation_loss(unet, val_loader, denoising, accelerator)
-        result.history.append(record)
-        result.train_loss = train_loss
-        on_epoch(record)
-    if ema is not None and not len(val_loader):
+    step = DenoisingStep(unet, optimizer, scheduler, accelerator, encode, denoising, params, ema)
+    loop = EpochLoop(
+        accelerator=accelerator, model=unet, optimizer=optimizer, scheduler=scheduler, loader=train_loader,
+        data_generator=data_generator, epochs=options.epochs, step=step, extra=step,
+        control=control or Control(on_step=on_step, on_epoch=on_epoch),
+        evaluate=EndOfEpochValidation(unet, val_loader, denoising, accelerator, options.epochs, step),
+    )  # fmt: skip
+    diverged = loop.run()
+    if ema is not None and not len(val_loader) and not diverged:
         ema.copy_to(params)
-    result.val_loss = result.history[-1].get("val_loss")
-    result.train_images_per_s = images_seen * accelerator.num_processes / max(train_seconds, 1e-9)
-    result.peak_memory_mb, result.memory_kind = _peak_memory(accelerator)
-    return result
+    peak, kind = peak_memory(accelerator)
+    last = loop.history[-1] if loop.history and not diverged else {}
+    return T2IFitResult(
+        history=loop.history, train_loss=last.get("train_loss", float("nan")), val_loss=last.get("val_loss"), steps=step.steps,
+        train_images_per_s=loop.images_per_s, peak_memory_mb=peak, memory_kind=kind, diverged=diverged,
+    )  # fmt: skip

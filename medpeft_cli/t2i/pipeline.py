@@ -121,7 +121,8 @@ def resolve_pipeline_dir(backbone: str, data_dir: Path) -> tuple[Path, str]:
     if backbone == TINY_SD:
         from medpeft_cli.t2i.tiny import SEED, TINY_VERSION, tiny_pipeline_dir
 
-        return tiny_pipeline_dir(data_dir), f"medpeft:{TINY_VERSION} (random-init, seed {SEED})"
+        with quiet_hf():  # its first save would draw transformers' "Writing model shards" bar on stderr
+            return tiny_pipeline_dir(data_dir), f"medpeft:{TINY_VERSION} (random-init, seed {SEED})"
     path = Path(backbone).expanduser()
     if path.is_dir():
         return path.resolve(), f"dir:{path.resolve()}"

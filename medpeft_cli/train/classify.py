@@ -1,5 +1,14 @@
-"""The classification training loop (Accelerate): AdamW, warm-up + cosine schedule, model
-selection on validation macro-F1, test metrics from the selected epoch.
+"""Classification training (Accelerate): AdamW, warm-up + cosine schedule, model selection on the
+validation split, test metrics from the selected evaluation.
+
+The pieces: `TrainStep` (one batch: augmentation, forward, cross-entropy, backward, optimizer),
+`Validation` (an evaluation on the validation split, into its record and the `Selection`), `Selection`
+(the selected evaluation's weights: best val macro-F1, lowest val loss or the last), run by the shared
+`EpochLoop` (train/loop.py: checkpoints, resume, stop signals, divergence) on the run's `Schedule`
+(train/schedule.py: epochs or steps, when to evaluate). Protocol 1 (the defaults): an evaluation after
+every epoch, the one with the best validation macro-F1 selected, no augmentation.
+`train_classifier` trains; `Trained.score_test` scores the test split with the selected weights; `fit`
+does both.
 
 Runs unchanged under `accelerate launch` with several processes: each process sees a shard of every
 loader, and predictions are gathered (duplicates from padding dropped) before any metric is computed.
@@ -8,8 +17,6 @@ loader, and predictions are gathered (duplicates from padding dropped) before an
 from __future__ import annotations
 
 import math
-import resource
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,16 +25,15 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 from medpeft_cli.config import TrainOptions
 from medpeft_cli.train.batches import InputTransform
 from medpeft_cli.train.checkpoint import trainable_state
+from medpeft_cli.train.loop import EpochLoop, make_scheduler, peak_memory, resolve_mixed_precision
 from medpeft_cli.train.metrics import classification_metrics
-from medpeft_cli.train.resume import Checkpointer, Preempted, StopFlag, frozen_fingerprint, restore_rng, rng_state
+from medpeft_cli.train.resume import Checkpointer, Control, StopFlag
+from medpeft_cli.train.schedule import training_schedule
 
-# How often (optimizer steps) the loop looks for a NaN/Inf loss inside an epoch: each look waits for the device.
-DIVERGENCE_CHECK_STEPS = 20
 # torch.compile backend for `train.compile` (tests swap in "eager" to exercise the path without inductor's minutes).
 COMPILE_BACKEND = "inductor"
 
@@ -41,7 +47,7 @@ class Predictions:
 
 @dataclass
 class FitResult:
-    best_epoch: int | None
+    best_epoch: int | None  # the epoch of the selected evaluation
     val_metrics: dict | None
     test_metrics: dict | None
     test_predictions: Predictions | None
@@ -51,6 +57,9 @@ class FitResult:
     memory_kind: str = ""
     status: str = "ok"  # or "diverged": the loss became NaN/Inf; no metrics then
     detail: str = ""
+    best_step: int | None = None  # the optimizer step of the selected evaluation
+    epochs: int = 0  # the schedule that was run: epochs (the last may be cut) and optimizer steps
+    steps: int = 0
 
 
 def balanced_loader(loader, sample_weights: torch.Tensor, seed: int):
@@ -62,16 +71,6 @@ def balanced_loader(loader, sample_weights: torch.Tensor, seed: int):
     generator = torch.Generator().manual_seed(seed)
     sampler = WeightedRandomSampler(sample_weights.double(), num_samples=len(sample_weights), replacement=True, generator=generator)
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, collate_fn=loader.collate_fn)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
-    """Linear warm-up from ~0 to the base lr, then cosine decay to 0 over the remaining steps."""
-    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
-    cosine = CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup_steps, 1))
-    if warmup_steps == 0:
-        return cosine
-    warmup = LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warmup_steps)
-    return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
 
 
 @torch.inference_mode()
@@ -91,17 +90,6 @@ def predict(model: nn.Module, loader, transform: InputTransform, accelerator: Ac
     unique, inverse = torch.unique(indices, return_inverse=True)
     first = torch.full_like(unique, len(indices)).scatter_reduce(0, inverse, torch.arange(len(indices)), reduce="amin")
     return Predictions(indices[first], labels.cpu()[first], probs.cpu()[first])
-
-
-def resolve_mixed_precision(precision: str) -> str:
-    """TrainOptions.precision -> Accelerate's mixed_precision: "auto" is bf16 (fp16 where bf16 is missing) on a GPU, fp32 on CPU."""
-    if precision == "fp32":
-        return "no"
-    if precision == "auto":
-        if not torch.cuda.is_available():
-            return "no"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
 
 
 def make_accelerator(options: TrainOptions) -> Accelerator:
@@ -128,10 +116,12 @@ def make_optimizer(model: nn.Module, lr: float, options: TrainOptions, device: t
 
 @dataclass
 class TrainStep:
-    """One training step of `fit`: forward, loss, backward, AdamW and the schedule (under gradient accumulation).
+    """One training step: forward, class-weighted cross-entropy, backward, AdamW and the schedule (under
+    gradient accumulation). Batches are (uint8 images, labels, sample indices) as the loaders yield them;
+    `transform` turns them into model input (with the run's augmentation: `InputTransform.augmented`).
 
-    The epoch's loss sum and the NaN/Inf flag stay on the device, so a step never waits for it; `fit`
-    reads them every DIVERGENCE_CHECK_STEPS steps and at the end of the epoch (benchmarks/train_step.py
+    The epoch's loss sum and the NaN/Inf flag stay on the device, so a step never waits for it; the loop
+    (train/loop.py) reads them every DIVERGENCE_CHECK_STEPS steps and at the end of the epoch (benchmarks/train_step.py
     times `fit` with it against a minimal hand-written loop).
     """
 
@@ -146,7 +136,8 @@ class TrainStep:
         self.loss_sum = torch.zeros((), device=self.accelerator.device)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.accelerator.device)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def __call__(self, batch) -> int:
+        images, labels, _ = batch
         accelerator = self.accelerator
         with accelerator.accumulate(self.model):
             logits = self.model(self.transform(images))
@@ -163,12 +154,14 @@ class TrainStep:
         loss = loss.detach()
         self.loss_sum += loss * len(labels)
         self.nonfinite |= ~torch.isfinite(loss)
+        return len(labels)
 
 
 def prepare_training(model: nn.Module, loaders: dict, options: TrainOptions, lr: float, accelerator: Accelerator):
-    """Optimizer, Accelerate-prepared model and loaders, and the warm-up + cosine schedule of `fit`.
+    """Optimizer, Accelerate-prepared model and loaders, the run's `Schedule` and the warm-up + cosine
+    learning-rate schedule over its optimizer steps.
 
-    Returns (model, optimizer, scheduler, train_loader, val_loader, test_loader). The optimizer is the
+    Returns (model, optimizer, scheduler, schedule, train_loader, val_loader, test_loader). The optimizer is the
     plain torch one: Accelerate's wrapper adds nothing medpeft uses (TrainStep gates the step on
     `sync_gradients` and applies the fp16 scaler itself) but costs two package look-ups on the file system
     in every step (accelerate 1.15 `AcceleratedOptimizer.step` calls `is_lomo_available()` twice).
@@ -179,17 +172,129 @@ def prepare_training(model: nn.Module, loaders: dict, options: TrainOptions, lr:
         model.compile(backend=COMPILE_BACKEND)
     model, train_loader, val_loader, test_loader = accelerator.prepare(model, loaders["train"], loaders["val"], loaders["test"])
     optimizer = make_optimizer(model, lr, options, accelerator.device)  # the parameters are on the device now
-    steps_per_epoch = math.ceil(len(train_loader) / options.grad_accum_steps)
+    schedule = training_schedule(options, len(train_loader))
     # Stepped by hand (not through accelerator.prepare, which would step it once per process).
-    scheduler = make_scheduler(optimizer, steps_per_epoch * options.epochs, round(options.warmup_epochs * steps_per_epoch))
-    return model, optimizer, scheduler, train_loader, val_loader, test_loader
+    scheduler = make_scheduler(optimizer, schedule.total_steps, schedule.warmup_steps)
+    return model, optimizer, scheduler, schedule, train_loader, val_loader, test_loader
 
 
-def _peak_memory(accelerator: Accelerator) -> tuple[float, str]:
-    if accelerator.device.type == "cuda":
-        return torch.cuda.max_memory_allocated(accelerator.device) / 2**20, "cuda-max-allocated"
-    # Linux reports ru_maxrss in KiB: the peak resident memory of the whole process.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu-peak-rss"
+# TrainOptions.select_on -> how an evaluation scores (higher is better; ties keep the earlier one).
+SELECTION_SCORES: dict[str, Callable[[dict], float]] = {
+    "val_macro_f1": lambda metrics: metrics["macro_f1"],
+    "val_loss": lambda metrics: -metrics["loss"],
+}
+
+
+@dataclass
+class Selection:
+    """Model selection (TrainOptions.select_on): the selected evaluation so far, its epoch, step, validation
+    metrics and trainable state. "last" keeps no copy: the final weights are the selected ones (the last
+    step is always evaluated). Checkpoints carry it (`state`/`load`, the checkpoint's best_* fields)."""
+
+    rule: str = "val_macro_f1"
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    best_step: int | None = None
+    best_state: dict | None = None
+    val_metrics: dict = field(default_factory=dict)
+
+    def update(self, epoch: int, step: int | None, metrics: dict, model: nn.Module) -> None:
+        if self.rule == "last":
+            self.best_epoch, self.best_step, self.val_metrics = epoch, step, metrics
+            return
+        score = SELECTION_SCORES[self.rule](metrics)
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.best_step, self.val_metrics = score, epoch, step, metrics
+            self.best_state = {k: v.clone() for k, v in trainable_state(model).items()}
+
+    def state(self) -> dict[str, Any]:
+        best = None if self.best_state is None else {k: v.detach().cpu() for k, v in self.best_state.items()}
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "best_step": self.best_step, "val_metrics": self.val_metrics, "best_state": best}
+
+    def load(self, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints of protocol-1 runs written before the selection rules held best_f1 and no step.
+        self.best_score = checkpoint["best_score"] if "best_score" in checkpoint else checkpoint["best_f1"]
+        self.best_epoch, self.best_step = checkpoint["best_epoch"], checkpoint.get("best_step")
+        self.best_state, self.val_metrics = checkpoint["best_state"], checkpoint["val_metrics"]
+
+
+def validation_loss(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean cross-entropy of the (gathered) softmax probabilities, without class weights."""
+    picked = probs.float().gather(1, labels.long().view(-1, 1)).clamp_min(torch.finfo(torch.float32).tiny)
+    return float(-picked.log().mean())
+
+
+@dataclass
+class Validation:
+    """An evaluation on the validation split: its metrics into the evaluation's record (val_*, val_loss
+    among them), and the model selection updated."""
+
+    model: nn.Module
+    loader: Any
+    transform: InputTransform
+    accelerator: Accelerator
+    num_classes: int
+    selection: Selection
+
+    def __call__(self, epoch: int, record: dict) -> None:
+        val = predict(self.model, self.loader, self.transform, self.accelerator)
+        metrics = classification_metrics(val.probs, val.labels, self.num_classes)
+        metrics["loss"] = validation_loss(val.probs, val.labels)
+        record.update({f"val_{k}": v for k, v in metrics.items() if k != "per_class_f1"})
+        self.selection.update(epoch, record.get("step"), metrics, self.accelerator.unwrap_model(self.model))
+
+
+@dataclass
+class Trained:
+    """A finished `train_classifier`: the prepared model and test loader, and the result so far
+    (`score_test` adds the test metrics of the selected epoch)."""
+
+    model: nn.Module
+    test_loader: Any
+    transform: InputTransform
+    accelerator: Accelerator
+    num_classes: int
+    selection: Selection
+    result: FitResult
+
+    def score_test(self) -> FitResult:
+        """Load the selected evaluation's weights and score the test split (every process takes part: predictions are gathered)."""
+        if self.selection.best_state is not None:
+            self.accelerator.unwrap_model(self.model).load_state_dict(self.selection.best_state, strict=False)
+        test = predict(self.model, self.test_loader, self.transform, self.accelerator)
+        self.result.test_metrics = classification_metrics(test.probs, test.labels, self.num_classes)
+        self.result.test_predictions = test
+        self.result.peak_memory_mb, self.result.memory_kind = peak_memory(self.accelerator)
+        return self.result
+
+
+def train_classifier(
+    model: nn.Module, loaders: dict, transform: InputTransform, options: TrainOptions, lr: float, num_classes: int,
+    accelerator: Accelerator, control: Control | None = None, class_weights: torch.Tensor | None = None,
+) -> Trained:  # fmt: skip
+    """Train on the run's schedule (`options`: epochs or steps, evaluation schedule), selecting on
+    `options.select_on` (see `EpochLoop` for checkpoints, resume and stop signals). The training batches
+    get `options.augment`, evaluations never. A NaN/Inf loss ends training with result status "diverged"."""
+    data_generator = loaders["train"].sampler.generator  # its state at an epoch's start fixes that epoch's batches
+    model, optimizer, scheduler, schedule, train_loader, val_loader, test_loader = prepare_training(model, loaders, options, lr, accelerator)
+    loss_weight = class_weights.to(accelerator.device) if class_weights is not None else None
+    selection = Selection(options.select_on)
+    loop = EpochLoop(
+        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, loader=train_loader,
+        data_generator=data_generator, epochs=schedule.epochs, control=control, extra=selection,
+        max_steps=schedule.total_steps, eval_steps=schedule.eval_steps,
+        step=TrainStep(model, optimizer, scheduler, accelerator, transform.augmented(options.augment), loss_weight),
+        evaluate=Validation(model, val_loader, transform, accelerator, num_classes, selection),
+    )  # fmt: skip
+    diverged = loop.run()
+    peak, kind = peak_memory(accelerator)
+    result = FitResult(
+        best_epoch=None if diverged else selection.best_epoch, val_metrics=None if diverged else selection.val_metrics,
+        test_metrics=None, test_predictions=None, history=loop.history, train_images_per_s=loop.images_per_s,
+        peak_memory_mb=peak, memory_kind=kind, status="diverged" if diverged else "ok", detail=diverged,
+        best_step=None if diverged else selection.best_step, epochs=schedule.epochs, steps=schedule.total_steps,
+    )  # fmt: skip
+    return Trained(model, test_loader, transform, accelerator, num_classes, selection, result)
 
 
 def fit(
@@ -207,138 +312,14 @@ def fit(
     resume: dict | None = None,
     stop: StopFlag | None = None,
 ) -> FitResult:
-    """Train, select the epoch on validation macro-F1, score test.
+    """Train, select an evaluation (protocol 1: the epoch with the best validation macro-F1), score test
+    (`train_classifier` + `score_test`).
 
     With `checkpoint`, the state is saved after every epoch and, when `stop` is set (SIGTERM/SIGUSR1),
     after the current optimizer step, before raising `Preempted`. `resume` (a loaded checkpoint)
     continues from the step it was saved at, with the same data order and RNG states, so the result
     equals an uninterrupted run's exactly on CPU. A NaN/Inf loss ends training with status "diverged".
     """
-    stop = stop or StopFlag()
-    # The shuffling generator: its state at the start of an epoch fixes that epoch's batches.
-    data_generator = loaders["train"].sampler.generator
-    model, optimizer, scheduler, train_loader, val_loader, test_loader = prepare_training(model, loaders, options, lr, accelerator)
-    loss_weight = class_weights.to(accelerator.device) if class_weights is not None else None
-    train_step = TrainStep(model, optimizer, scheduler, accelerator, transform, loss_weight)
-    best_f1, best_epoch, best_state = -1.0, 0, None
-    history, val_metrics = [], {}
-    images_seen, train_seconds = 0, 0.0
-    unwrapped = accelerator.unwrap_model(model)
-    trainable_keys = set(trainable_state(unwrapped))
-    if checkpoint is not None:
-        checkpoint.fingerprint = frozen_fingerprint(unwrapped, trainable_keys)
-    start_epoch, skip_steps = 1, 0
-    if resume is not None:
-        checkpoint.check_model(resume, trainable_keys)
-        unwrapped.load_state_dict(resume["model"], strict=False)
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        accelerator.step = resume["accelerator_step"]  # where gradient accumulation is in its cycle
-        best_f1, best_epoch, best_state, val_metrics = resume["best_f1"], resume["best_epoch"], resume["best_state"], resume["val_metrics"]
-        history, images_seen, train_seconds = resume["history"], resume["images_seen"], resume["train_seconds"]
-        start_epoch, skip_steps = resume["epoch"], resume["step"]
-        data_generator.set_state(resume["data_generator"])
-        for record in history:  # the log and progress of the epochs done before the interruption
-            on_epoch(record)
-
-    def any_process(flag: bool | torch.Tensor) -> bool:
-        """True when `flag` is set on any process (all processes must stop at the same step)."""
-        if accelerator.num_processes == 1:
-            return bool(flag)
-        return bool(accelerator.reduce(torch.as_tensor(flag, dtype=torch.float32, device=accelerator.device), "sum") > 0)
-
-    def save(epoch: int, step: int, generator_state: torch.Tensor, loss_sum: torch.Tensor, epoch_images: int, epoch_seconds: float) -> None:
-        """Checkpoint "continue in `epoch` after `step` batches"; the generator state is the one at that epoch's start."""
-        if checkpoint is None:
-            return
-        checkpoint.save({
-            "epoch": epoch, "step": step, "accelerator_step": accelerator.step,
-            "model": {k: v.detach().cpu().clone() for k, v in trainable_state(unwrapped).items()},
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "data_generator": generator_state, "rng": rng_state(),
-            "loss_sum": loss_sum.detach().cpu(), "epoch_images": epoch_images, "epoch_seconds": epoch_seconds,
-            "best_f1": best_f1, "best_epoch": best_epoch, "val_metrics": val_metrics,
-            "best_state": None if best_state is None else {k: v.detach().cpu() for k, v in best_state.items()},
-            "history": history, "images_seen": images_seen, "train_seconds": train_seconds,
-        })  # fmt: skip
-        accelerator.wait_for_everyone()
-
-    diverged = ""
-    for epoch in range(start_epoch, options.epochs + 1):
-        model.train()
-        train_step.loss_sum = torch.zeros((), device=accelerator.device)
-        epoch_images, seconds_before = 0, 0.0
-        epoch_generator = data_generator.get_state()
-        if resume is not None and epoch == start_epoch:
-            train_step.loss_sum = resume["loss_sum"].to(accelerator.device)
-            epoch_images, seconds_before = resume["epoch_images"], resume["epoch_seconds"]
-            if skip_steps == 0:
-                restore_rng(resume["rng"])
-        start = time.perf_counter()
-        step = 0
-        for images, labels, _ in train_loader:
-            step += 1
-            if step <= skip_steps:  # replay the interrupted epoch's order up to where the checkpoint was taken
-                if step == skip_steps:
-                    restore_rng(resume["rng"])
-                continue
-            train_step(images, labels)  # no host sync inside the step loop
-            epoch_images += len(labels)
-            on_step(len(labels))
-            if accelerator.sync_gradients and any_process(stop.requested):
-                save(epoch, step, epoch_generator, train_step.loss_sum, epoch_images, seconds_before + time.perf_counter() - start)
-                raise Preempted(f"{stop.reason}: stopped in epoch {epoch} after step {step}")
-            if step % DIVERGENCE_CHECK_STEPS == 0 and any_process(train_step.nonfinite):
-                diverged = f"training loss became NaN/Inf in epoch {epoch} (by step {step})"
-                break
-        skip_steps = 0
-        if diverged:
-            break
-        if accelerator.device.type == "cuda":
-            torch.cuda.synchronize(accelerator.device)
-        seconds = seconds_before + time.perf_counter() - start
-        images_seen += epoch_images
-        train_seconds += seconds
-
-        totals = accelerator.reduce(torch.stack([train_step.loss_sum, torch.tensor(float(epoch_images), device=accelerator.device)]), "sum")
-        train_loss = float(totals[0] / totals[1])
-        if not math.isfinite(train_loss):
-            diverged = f"training loss became {train_loss} in epoch {epoch}"
-            break
-        val = predict(model, val_loader, transform, accelerator)
-        val_metrics_epoch = classification_metrics(val.probs, val.labels, num_classes)
-        record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "lr": scheduler.get_last_lr()[0],
-            "train_images_per_s": epoch_images * accelerator.num_processes / seconds,
-            **{f"val_{k}": v for k, v in val_metrics_epoch.items() if k != "per_class_f1"},
-        }
-        history.append(record)
-        on_epoch(record)
-        if val_metrics_epoch["macro_f1"] > best_f1:
-            best_f1, best_epoch, val_metrics = val_metrics_epoch["macro_f1"], epoch, val_metrics_epoch
-            best_state = {k: v.clone() for k, v in trainable_state(accelerator.unwrap_model(model)).items()}
-        save(epoch + 1, 0, data_generator.get_state(), torch.zeros(()), 0, 0.0)
-        if any_process(stop.requested):
-            raise Preempted(f"{stop.reason}: stopped after epoch {epoch}")
-
-    if diverged:
-        peak, kind = _peak_memory(accelerator)
-        return FitResult(None, None, None, None, history=history, peak_memory_mb=peak, memory_kind=kind, status="diverged", detail=diverged,
-                         train_images_per_s=images_seen * accelerator.num_processes / max(train_seconds, 1e-9))
-    if best_state is not None:
-        unwrapped.load_state_dict(best_state, strict=False)
-    test = predict(model, test_loader, transform, accelerator)
-    peak, kind = _peak_memory(accelerator)
-    return FitResult(
-        best_epoch=best_epoch,
-        val_metrics=val_metrics,
-        test_metrics=classification_metrics(test.probs, test.labels, num_classes),
-        test_predictions=test,
-        history=history,
-        train_images_per_s=images_seen * accelerator.num_processes / max(train_seconds, 1e-9),
-        peak_memory_mb=peak,
-        memory_kind=kind,
-    )
-
+    control = Control(checkpoint, resume, stop or StopFlag(), on_step, on_epoch)
+    trained = train_classifier(model, loaders, transform, options, lr, num_classes, accelerator, control, class_weights)
+    return trained.score_test() if trained.result.status == "ok" else trained.result

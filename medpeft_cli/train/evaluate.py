@@ -53,7 +53,7 @@ def evaluate_run(
 
     info = get_method(spec.method.name)
     options = validate_options(info, spec.method.options)
-    backbone = create_backbone(spec.backbone, spec.weights, data.num_classes, spec.image_size, spec.seed, spec.weights_prefix)
+    backbone = create_backbone(spec.backbone, spec.weights, data.num_classes, spec.image_size, spec.seed, spec.weights_prefix, weights_key=spec.weights_key, head=spec.head)
     if backbone.checksum != row.get("backbone_checksum"):
         raise UserError(
             f"the backbone weights rebuilt for {spec.backbone} ({backbone.weights_source}) differ from those run {row['run_key']} "

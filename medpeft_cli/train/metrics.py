@@ -16,8 +16,6 @@ from torchmetrics.functional.classification import (
 ECE_BINS = 15  # equal-width confidence bins (Guo et al., ICML 2017)
 MIN_GROUP_SIZE = 10  # subgroups smaller than this are reported but left out of worst-group / gap
 
-SUMMARY = ("macro_f1", "accuracy", "balanced_accuracy", "auroc")
-
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, object]:
     """macro-F1 (the study's metric), accuracy, balanced accuracy, macro one-vs-rest AUROC, per-class F1.

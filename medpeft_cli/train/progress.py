@@ -19,6 +19,7 @@ class EpochProgress:
         self._progress: Progress | None = None
         self._task = None
         self._epochs = 0
+        self._f1 = "-"
 
     def start(self, epochs: int, images_per_epoch: int) -> None:
         self._epochs = epochs
@@ -43,24 +44,71 @@ class EpochProgress:
 
     def epoch_done(self, record: dict, line: str) -> None:
         if self._progress is not None:
-            self._progress.update(
-                self._task,
-                loss=f"{record['train_loss']:.4f}",
-                f1=f"{record['val_macro_f1']:.3f}",
-                speed=f"{record['train_images_per_s']:.0f} img/s",
-            )
+            if "val_macro_f1" in record:  # epochs without an evaluation (a step schedule) keep the last F1 shown
+                self._f1 = f"{record['val_macro_f1']:.3f}"
+            self._progress.update(self._task, loss=f"{record['train_loss']:.4f}", f1=self._f1, speed=f"{record['train_images_per_s']:.0f} img/s")
             if record["epoch"] < self._epochs:
                 # Keep the finished epoch's bar on screen and start a fresh one.
                 self._progress.stop_task(self._task)
                 total = self._progress.tasks[self._task].total
                 self._task = self._progress.add_task(
-                    "train", total=total, epoch=record["epoch"] + 1, epochs=self._epochs, loss=f"{record['train_loss']:.4f}",
-                    f1=f"{record['val_macro_f1']:.3f}", speed="",
-                )
+                    "train", total=total, epoch=record["epoch"] + 1, epochs=self._epochs, loss=f"{record['train_loss']:.4f}", f1=self._f1, speed="",
+                )  # fmt: skip
         elif not self.quiet:
+            self.console.print(line, highlight=False)
+
+    def evaluated(self, record: dict, line: str) -> None:
+        """An evaluation inside an epoch (train.eval_every_steps / evals_per_run): one line; the bar shows its F1."""
+        if self._progress is not None:
+            self._f1 = f"{record['val_macro_f1']:.3f}"
+            self._progress.update(self._task, f1=self._f1)
+        if not self.quiet:
             self.console.print(line, highlight=False)
 
     def stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class Report:
+    """What a run shows while it works, through `progress` (an EpochProgress, a tuning trial's reporter,
+    or None for nothing): log lines, a bar per epoch. Only the main process of a multi-process launch
+    shows anything (`only_main`)."""
+
+    def __init__(self, progress=None):
+        self.progress = progress
+        self.main = True
+
+    def only_main(self, accelerator) -> None:
+        self.main = accelerator.is_main_process
+
+    @property
+    def _on(self) -> bool:
+        return self.main and self.progress is not None
+
+    def log(self, line: str) -> None:
+        console = getattr(self.progress, "console", None)
+        if self._on and console is not None and not getattr(self.progress, "quiet", False):
+            console.print(line, highlight=False)
+
+    def start(self, epochs: int, images_per_epoch: int) -> None:
+        if self._on:
+            self.progress.start(epochs, images_per_epoch)
+
+    def step(self, n_images: int) -> None:
+        if self._on:
+            self.progress.step(n_images)
+
+    def epoch_done(self, record: dict, line: str) -> None:
+        if self._on:
+            self.progress.epoch_done(record, line)
+
+    def evaluated(self, record: dict, line: str) -> None:
+        """An evaluation inside an epoch; progress objects without `evaluated` get nothing."""
+        if self._on and hasattr(self.progress, "evaluated"):
+            self.progress.evaluated(record, line)
+
+    def stop(self) -> None:
+        if self._on:
+            self.progress.stop()

@@ -12,10 +12,10 @@ Checkpoints hold only tensors and plain Python values and are read with `torch.l
 a checkpoint that needs arbitrary unpickling is refused.
 
 SIGTERM and SIGUSR1 (what Slurm sends before it kills or requeues a job) set a flag; the loop
-finishes the current optimizer step, checkpoints and raises `Preempted`, which the CLI turns into
-exit code 75 (EX_TEMPFAIL: "try again later") so a job script can requeue the task.
+(train/loop.py) finishes the current optimizer step, checkpoints and raises `errors.Preempted`, which
+the CLI turns into exit code 75 (EX_TEMPFAIL: "try again later") so a job script can requeue the task.
 
-This module imports torch only inside functions: the CLI imports `Preempted` from here.
+This module imports torch only inside functions.
 """
 
 from __future__ import annotations
@@ -25,24 +25,18 @@ import random
 import re
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medpeft_cli.errors import UserError
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): the run stopped early on request and can be resumed
 PARTIAL_DIR = ".partial"
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "medpeft-checkpoint-v1"
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
-
-
-class Preempted(Exception):
-    """The run stopped at a step boundary because a stop signal arrived; its checkpoint is saved."""
-
-    exit_code = PREEMPTED_EXIT_CODE
 
 
 class StopFlag:
@@ -72,6 +66,20 @@ class StopFlag:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+@dataclass
+class Control:
+    """What the run orchestrator hands a task's training: checkpointing, the loaded checkpoint to
+    continue from, the stop flag, and progress hooks (per batch: its size; per epoch: its record; per
+    evaluation inside an epoch: its record)."""
+
+    checkpoint: Checkpointer | None = None
+    resume: dict | None = None
+    stop: StopFlag = field(default_factory=StopFlag)
+    on_step: Callable[[int], None] = lambda n_images: None
+    on_epoch: Callable[[dict], None] = lambda record: None
+    on_eval: Callable[[dict], None] = lambda record: None  # an evaluation inside an epoch (train/loop.py)
 
 
 def partial_dir(runs_dir: Path, run_key: str) -> Path:

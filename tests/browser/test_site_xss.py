@@ -57,6 +57,7 @@ def evil_site(browser, tmp_path_factory):  # browser first: no site is built whe
     return root / "site"
 
 
+@pytest.mark.slow
 def test_no_payload_executes_in_the_browser(evil_site, browser, artifacts):
     context = browser.new_context(bypass_csp=True)
     page = context.new_page()
