@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from medpeft_cli.config import build_spec
+from medpeft_cli.console import err, new_table, out
+from medpeft_cli.entry import Group
 from medpeft_cli.errors import UserError
+from medpeft_cli.helptext import with_default
 
 app = typer.Typer(
     name="medpeft",
@@ -24,12 +26,28 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=Group,  # Ctrl-C: one line and exit 130 (entry.py)
+    rich_markup_mode=None,  # help text as written: rich markup would eat "[default: ...]" and "[@random|@FILE]"
 )
 store_app = typer.Typer(help="Maintain the DuckDB results store.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+
+def _print_version(value: bool) -> None:
+    if value:
+        from medpeft_cli.version import version_lines
+
+        for line in version_lines():
+            out.print(line, markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the versions of medpeft (with its git commit), Python, torch, timm, peft and accelerate, and exit.")] = False,
+) -> None:
+    """Benchmark parameter-efficient fine-tuning (PEFT) methods on medical images."""
+
 
 DEFAULT_DB = Path("results/medpeft.duckdb")
 DEFAULT_RUNS = Path("runs")
@@ -39,36 +57,36 @@ DEFAULT_RUNS = Path("runs")
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config; flags and --set override it.")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set method.rank=4 --set train.lr=3e-4")] = None,
-    task: Annotated[Optional[str], typer.Option(help="classification (timm backbone) | t2i (Stable Diffusion U-Net, FID/KID; defaults: synthetic-captions, tiny-sd).")] = None,
-    fid_features: Annotated[Optional[str], typer.Option(help="t2i: FID/KID features: inception | dinov2 | <timm name>[@random|@FILE].")] = None,
-    fid_samples: Annotated[Optional[int], typer.Option(help="t2i: images generated per seed from held-out prompts [default: 1000; tiny-sd 100].")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset name from datasets.yaml (`medpeft datasets`).")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="builtin (cifar_resnet20 ... cifar_resnet110), timm name (vit_tiny_patch16_224, hf-hub:org/name), transformers:<hub id or folder>, or path/to/file.py:factory | package.module:factory (docs/backbones.md).")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="'random', 'pretrained' (the source's own weights: packaged, hub/cache) or a weights file (safetensors or torch checkpoint, any extension).")] = None,
-    weights_prefix: Annotated[Optional[str], typer.Option(help="Take only the weights file's keys under this prefix, removing it (e.g. backbone.); by default a module./model./backbone./encoder. prefix all keys share is removed.")] = None,
-    weights_key: Annotated[Optional[str], typer.Option(help="Key path of the state dict in the weights file, e.g. model_ema or teacher (without it: state_dict, model, ... holding tensors).")] = None,
-    head: Annotated[Optional[str], typer.Option(help="Name of the classifier Linear to replace (without it: the Linear whose output is the model's output).")] = None,
-    method: Annotated[Optional[str], typer.Option(help="PEFT method (`medpeft methods`).")] = None,
-    param_budget: Annotated[Optional[str], typer.Option(help="Method parameters (head excluded): '0.5%' of the backbone or a count (150k); sets the method's size knob.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, data order and data subset.")] = None,
-    data_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the training split in (0, 1] (stratified, nested).")] = None,
-    shots: Annotated[Optional[int], typer.Option(help="k training images per class instead of a fraction (nested in k).")] = None,
-    class_weighting: Annotated[Optional[str], typer.Option(help="Class imbalance: none | loss (weighted cross-entropy) | sampler (balanced batches).")] = None,
-    data_resolution: Annotated[Optional[int], typer.Option(help="Resolution of the dataset files (MedMNIST 28/64/128/224, prepared data) [default: the registry's].")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Input resolution in pixels.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs of training (default 5).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Train this many optimizer steps instead of epochs (the same at any data fraction; the last epoch is cut).")] = None,
-    eval_every_steps: Annotated[Optional[int], typer.Option(help="Evaluate on validation every N optimizer steps and at the end (default: after every epoch).")] = None,
-    evals_per_run: Annotated[Optional[int], typer.Option(help="K validation evaluations spread evenly over the run, the last at its end (default: after every epoch).")] = None,
-    select_on: Annotated[Optional[str], typer.Option(help="Weights scored on test: val_macro_f1 (best evaluation, default) | val_loss (lowest) | last (no selection).")] = None,
-    augment: Annotated[Optional[str], typer.Option(help="Training augmentation on the device: none (default) | flip (horizontal) | crop-flip (4-px padded random crop + flip).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option()] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: the method's).")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16 (auto: bf16/fp16 on GPU, fp32 on CPU).")] = None,
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (speed only; not part of the run key). Pays a compilation of minutes first.")] = False,
-    runs_dir: Annotated[Optional[Path], typer.Option(help="Where run directories go [default: runs].")] = None,
-    db: Annotated[Optional[Path], typer.Option(help="DuckDB results file [default: results/medpeft.duckdb].")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset files/cache [default: $MEDPEFT_DATA_DIR or ~/.cache/medpeft/data].")] = None,
+    task: Annotated[Optional[str], typer.Option(help=with_default("classification (timm backbone) | t2i (Stable Diffusion U-Net, FID/KID).", "task"))] = None,
+    fid_features: Annotated[Optional[str], typer.Option(help=with_default("t2i: FID/KID features: inception | dinov2 | <timm name>[@random|@FILE].", "t2i.fid_features"))] = None,
+    fid_samples: Annotated[Optional[int], typer.Option(help=with_default("t2i: images generated per seed from held-out prompts.", "t2i.fid_samples"))] = None,
+    dataset: Annotated[Optional[str], typer.Option(help=with_default("Dataset name from datasets.yaml (`medpeft datasets`).", "dataset"))] = None,
+    backbone: Annotated[Optional[str], typer.Option(help=with_default("builtin (cifar_resnet20 ... cifar_resnet110), timm name (vit_tiny_patch16_224, hf-hub:org/name), transformers:<hub id or folder>, or path/to/file.py:factory | package.module:factory (docs/backbones.md).", "backbone"))] = None,
+    weights: Annotated[Optional[str], typer.Option(help=with_default("'random', 'pretrained' (the source's own weights: packaged, hub/cache) or a weights file (safetensors or torch checkpoint, any extension).", "weights"))] = None,
+    weights_prefix: Annotated[Optional[str], typer.Option(help=with_default("Take only the weights file's keys under this prefix, removing it (e.g. backbone.).", "weights_prefix", none="a module./model./backbone./encoder. prefix all keys share is removed"))] = None,
+    weights_key: Annotated[Optional[str], typer.Option(help=with_default("Key path of the state dict in the weights file, e.g. model_ema or teacher.", "weights_key", none="state_dict, model, ... holding tensors"))] = None,
+    head: Annotated[Optional[str], typer.Option(help=with_default("Name of the classifier Linear to replace.", "head", none="the Linear whose output is the model's output"))] = None,
+    method: Annotated[Optional[str], typer.Option(help=with_default("PEFT method (`medpeft methods`).", "method"))] = None,
+    param_budget: Annotated[Optional[str], typer.Option(help=with_default("Method parameters (head excluded): '0.5%' of the backbone or a count (150k); sets the method's size knob.", "param_budget", none="the method's own size options"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=with_default("Seed of initialisation, data order and data subset.", "seed"))] = None,
+    data_fraction: Annotated[Optional[float], typer.Option(help=with_default("Fraction of the training split in (0, 1] (stratified, nested).", "data_fraction"))] = None,
+    shots: Annotated[Optional[int], typer.Option(help=with_default("k training images per class instead of a fraction (nested in k).", "shots", none="off (the data fraction)"))] = None,
+    class_weighting: Annotated[Optional[str], typer.Option(help=with_default("Class imbalance: none | loss (weighted cross-entropy) | sampler (balanced batches).", "train.class_weighting"))] = None,
+    data_resolution: Annotated[Optional[int], typer.Option(help=with_default("Resolution of the dataset files (MedMNIST 28/64/128/224, prepared data).", "data_resolution", none="the registry's"))] = None,
+    image_size: Annotated[Optional[int], typer.Option(help=with_default("Input resolution in pixels.", "image_size"))] = None,
+    epochs: Annotated[Optional[int], typer.Option(help=with_default("Epochs of training.", "train.epochs"))] = None,
+    steps: Annotated[Optional[int], typer.Option(help=with_default("Train this many optimizer steps instead of epochs (the same at any data fraction; the last epoch is cut).", "train.steps", none="off (epochs)"))] = None,
+    eval_every_steps: Annotated[Optional[int], typer.Option(help=with_default("Evaluate on validation every N optimizer steps and at the end.", "train.eval_every_steps", none="after every epoch"))] = None,
+    evals_per_run: Annotated[Optional[int], typer.Option(help=with_default("K validation evaluations spread evenly over the run, the last at its end.", "train.evals_per_run", none="after every epoch"))] = None,
+    select_on: Annotated[Optional[str], typer.Option(help=with_default("Weights scored on test: val_macro_f1 (best evaluation) | val_loss (lowest) | last (no selection).", "train.select_on"))] = None,
+    augment: Annotated[Optional[str], typer.Option(help=with_default("Training augmentation on the device: none | flip (horizontal) | crop-flip (4-px padded random crop + flip).", "train.augment"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=with_default("Training images per optimizer step (per process).", "train.batch_size"))] = None,
+    lr: Annotated[Optional[float], typer.Option(help=with_default("Learning rate.", "train.lr", none="the method's (`medpeft methods`)"))] = None,
+    precision: Annotated[Optional[str], typer.Option(help=with_default("auto | fp32 | bf16 | fp16 (auto: bf16/fp16 on GPU, fp32 on CPU).", "train.precision"))] = None,
+    compile_model: Annotated[bool, typer.Option("--compile", help=with_default("torch.compile the model (speed only; not part of the run key). Pays a compilation of minutes first.", "train.compile"))] = False,
+    runs_dir: Annotated[Optional[Path], typer.Option(help=with_default("Where run directories go.", "output.runs_dir"))] = None,
+    db: Annotated[Optional[Path], typer.Option(help=with_default("DuckDB results file.", "output.db"))] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help=with_default("Dataset files/cache.", "output.data_dir", none="$MEDPEFT_DATA_DIR or ~/.cache/medpeft/data"))] = None,
     site: Annotated[Optional[Path], typer.Option(help="Rebuild the leaderboard site here after the run.")] = Path("site"),
     no_site: Annotated[bool, typer.Option("--no-site", help="Do not rebuild the site.")] = False,
     force: Annotated[bool, typer.Option(help="Rerun even if this run key is already finished (replaces it); starts over an interrupted run.")] = False,
@@ -78,8 +96,8 @@ def train(
 ) -> None:
     """Train one run (dataset x backbone x method x fraction x seed) and append its result row.
 
-    With no options: the embedded synthetic-lesions dataset, a random-init ViT-Tiny at 64 px and LoRA,
-    offline, in a few minutes on a laptop CPU.
+    With no options: the packaged pretrained CIFAR ResNet-20 tuned with BN tuning on the packaged real
+    BreastMNIST (breast ultrasound, 28 px upsampled to 32), offline, in about a minute on 2 CPU cores.
     """
     flags = {
         "task": task, "t2i.fid_features": fid_features, "t2i.fid_samples": fid_samples,
@@ -100,10 +118,11 @@ def train(
     from medpeft_cli.run import train as run_training
     from medpeft_cli.train.progress import EpochProgress
 
-    if not quiet and os.environ.get("RANK", "0") == "0":  # once per multi-process launch
-        err.print(f"training {spec.method.name} on {spec.dataset} with {spec.backbone} ({spec.weights} weights), seed {spec.seed}")
+    # Shown with the first progress line, so a spec refused while loading ends in its one error line only.
+    banner = f"training {spec.method.name} on {spec.dataset} with {spec.backbone} ({spec.weights} weights), seed {spec.seed}"
+    progress = EpochProgress(err, quiet=quiet, banner=banner if os.environ.get("RANK", "0") == "0" else None)  # once per launch
     try:
-        outcome = run_training(spec, force=force, progress=EpochProgress(err, quiet=quiet), resume=resume)
+        outcome = run_training(spec, force=force, progress=progress, resume=resume)
     except RunDiverged as exc:  # stored with status 'diverged': shown like any stored run, then exit code 3
         _show_outcome(exc.outcome, spec.output, None if no_site else site)
         raise
@@ -117,18 +136,16 @@ def _show_outcome(outcome, output, site: Path | None) -> None:
     if outcome.status == "skipped":
         out.print(f"run {outcome.run_key} is already finished (pass --force to rerun); stored result:")
     _print_run_summary(outcome.row)
-    out.print(f"row:   {output.db} (run_key {outcome.run_key})")
-    out.print(f"files: {outcome.run_dir}")
+    out.print(f"row:   {output.db} (run_key {outcome.run_key})", markup=False)
+    out.print(f"files: {outcome.run_dir}", markup=False)
     if site is not None:
         from medpeft_cli.report import build_site_from_db
 
         index = build_site_from_db(output.db, site, methods=_method_catalog(), runs_dir=output.runs_dir)
-        out.print(f"site:  {index}")
+        out.print(f"site:  {index}", markup=False)
 
 
 def _print_run_summary(row: dict) -> None:
-    from rich.table import Table
-
     if row.get("status") != "ok":
         out.print(f"{row['method']} on {row['dataset']} / {row['backbone']} (seed {row['seed']}): [bold red]{row.get('status')}[/]: {row.get('status_detail') or ''}")
         out.print("stored with no metrics (the site shows the status); lower the learning rate and rerun with --force")
@@ -136,13 +153,12 @@ def _print_run_summary(row: dict) -> None:
     if row.get("task") == "t2i":
         _print_t2i_summary(row)
         return
-    table = Table(title=f"{row['method']} on {row['dataset']} / {row['backbone']} (seed {row['seed']}), test split", title_justify="left")
-    for column in ("macro-F1", "accuracy", "bal. acc.", "AUROC", "best epoch"):
-        table.add_column(column, justify="right")
+    columns = ("macro-F1", "accuracy", "bal. acc.", "AUROC", "best epoch")
+    table = new_table(*columns, title=f"{row['method']} on {row['dataset']} / {row['backbone']} (seed {row['seed']}), test split", right=columns)
     steps = f" (step {row['best_step']} of {row['train_steps']})" if _step_schedule(row) else ""
     table.add_row(
-        f"{row['test_macro_f1']:.4f}", f"{row['test_accuracy']:.4f}", f"{row['test_balanced_accuracy']:.4f}",
-        f"{row['test_auroc']:.4f}", f"{row['best_epoch']} of {row['epochs']}{steps}",
+        _metric(row["test_macro_f1"]), _metric(row["test_accuracy"]), _metric(row["test_balanced_accuracy"]),
+        _metric(row["test_auroc"]), f"{row['best_epoch']} of {row['epochs']}{steps}",
     )
     out.print(table)
     if row.get("method_params") is not None:
@@ -159,11 +175,8 @@ def _step_schedule(row: dict) -> bool:
 
 
 def _print_t2i_summary(row: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{row['method']} on {row['dataset']} / {row['backbone']} (seed {row['seed']}, t2i)", title_justify="left")
-    for column in ("FID", "KID", "features", "images x seeds", "val loss", "trainable params"):
-        table.add_column(column, justify="right")
+    columns = ("FID", "KID", "features", "images x seeds", "val loss", "trainable params")
+    table = new_table(*columns, title=f"{row['method']} on {row['dataset']} / {row['backbone']} (seed {row['seed']}, t2i)", right=columns)
     seeds = json.loads(row.get("fid_seeds") or "[]")
     table.add_row(
         _pm(row["test_fid"], row.get("test_fid_std"), 3), _pm(row["test_kid"], row.get("test_kid_std"), 5), str(row["fid_features"]),
@@ -190,6 +203,7 @@ def eval_(
     seeds: Annotated[Optional[str], typer.Option(help="t2i runs: comma-separated generation seeds instead of the run's, e.g. 0,1,2,3.")] = None,
     samples: Annotated[Optional[Path], typer.Option(help="t2i runs: also write a PNG grid of generated samples here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    weights: Annotated[Optional[Path], typer.Option(help="Where the run's weights file is now, if it moved (checked by its sha256).")] = None,
 ) -> None:
     """Re-score a saved run from its saved weights (t2i runs: generate from the test prompts again, FID/KID)."""
     from medpeft_cli.train.evaluate import evaluate_run
@@ -200,7 +214,7 @@ def eval_(
         raise UserError(f"--seeds {seeds!r} is not a comma-separated list of integers, e.g. 0,1,2,3") from None
     t2i = {"fid_features": fid_features, "fid_samples": fid_samples, "fid_seeds": seed_list, "samples_out": samples,
            "log": (lambda line: None) if quiet else (lambda line: err.print(line, highlight=False))}
-    result = evaluate_run(run_dir, split=split, dataset=dataset, data_dir=data_dir, t2i=t2i)
+    result = evaluate_run(run_dir, split=split, dataset=dataset, data_dir=data_dir, t2i=t2i, weights=weights)
     if result.get("task") == "t2i":
         _print_t2i_eval(result, as_json)
         return
@@ -208,20 +222,24 @@ def eval_(
         raise UserError("--fid-features, --fid-samples, --seeds and --samples apply to text-to-image runs only")
     metrics = result["metrics"]
     if as_json:
-        out.print_json(json.dumps({k: v for k, v in result.items() if k != "stored"} | {"matches_stored": _matches(result)}))
-        return
-    from rich.table import Table
+        from medpeft_cli import jsonsafe
 
-    table = Table(title=f"run {result['run_key']} on {result['dataset']} / {split}", title_justify="left")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("stored", justify="right")
+        out.print_json(jsonsafe.dumps(result | {"matches_stored": _matches(result)}))
+        return
+    table = new_table("metric", "value", "stored", title=f"run {result['run_key']} on {result['dataset']} / {split}", right=("value", "stored"))
     stored = result["stored"]
     for name in ("macro_f1", "accuracy", "balanced_accuracy", "auroc"):
-        table.add_row(name, f"{metrics[name]:.4f}", f"{stored['test_' + name]:.4f}" if stored else "")
+        table.add_row(name, _metric(metrics[name]), _metric(stored.get(name)) if stored else "")
     out.print(table)
     if stored:
-        out.print("matches the stored test metrics" if _matches(result) else "[bold red]differs from the stored test metrics[/]")
+        out.print(f"matches the stored {split} metrics" if _matches(result) else f"[bold red]differs from the stored {split} metrics[/]")
+    else:
+        out.print(f"stored: {result['stored_note']}")
+
+
+def _metric(value) -> str:
+    """A metric to 4 decimals; '-' when undefined (None or NaN, e.g. AUROC with a class absent)."""
+    return "-" if value is None or value != value else f"{value:.4f}"
 
 
 def _print_t2i_eval(result: dict, as_json: bool) -> None:
@@ -230,14 +248,12 @@ def _print_t2i_eval(result: dict, as_json: bool) -> None:
         abs(m[k] - stored["test_" + k]) <= 1e-6 * max(1.0, abs(stored["test_" + k])) for k in ("fid", "kid")
     )
     if as_json:
-        out.print_json(json.dumps({k: v for k, v in result.items() if k != "stored"} | {"matches_stored": matches}))
-        return
-    from rich.table import Table
+        from medpeft_cli import jsonsafe
 
+        out.print_json(jsonsafe.dumps({k: v for k, v in result.items() if k != "stored"} | {"matches_stored": matches}))
+        return
     out.print(f"run {result['run_key']} on {result['dataset']} test prompts: {m['samples']} images x seeds {m['seeds']}, features {m['features']}")
-    table = Table()
-    for column in ("metric", "value", "stored"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
+    table = new_table("metric", "value", "stored", right=("value", "stored"))
     for name, digits in (("fid", 3), ("fid_std", 3), ("kid", 5), ("kid_std", 5)):
         value = m[name]
         table.add_row(name, "-" if value is None else f"{value:.{digits}f}",
@@ -255,7 +271,10 @@ def _matches(result: dict) -> bool | None:
     stored = result["stored"]
     if not stored:
         return None
-    return all(abs(result["metrics"][k] - stored["test_" + k]) < 1e-6 for k in ("macro_f1", "accuracy", "balanced_accuracy"))
+    return all(
+        (stored.get(k) is None and result["metrics"][k] is None) or (stored.get(k) is not None and abs(result["metrics"][k] - stored[k]) < 1e-6)
+        for k in ("macro_f1", "accuracy", "balanced_accuracy")
+    )
 
 
 @app.command()
@@ -265,16 +284,17 @@ def report(
     title: Annotated[str, typer.Option(help="Site title.")] = "medpeft leaderboard",
     base_url: Annotated[Optional[str], typer.Option(help="Where the site will be published, e.g. https://you.github.io/medpeft/ (canonical links, sitemap.xml); links stay relative.")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Run directories: confusion matrices, samples and small files are published from here when present.")] = DEFAULT_RUNS,
+    release: Annotated[Optional[str], typer.Option(help="Also write an immutable copy of the site and its data as releases/NAME/ (refused if it exists).")] = None,
+    releases_dir: Annotated[Path, typer.Option(help="Where releases are written and found (the site links every one).")] = Path("releases"),
 ) -> None:
     """Render the static leaderboard site from the results store (opens from file://, no network)."""
-    from medpeft_cli.report import build_site
-    from medpeft_cli.report.render import check_base_url
-    from medpeft_cli.store.results import query
+    from medpeft_cli.report.publish import build_from_store
 
-    check_base_url(base_url)
-    rows = query(db)  # before reading the method catalogue: a wrong --db fails fast
-    index = build_site(rows, out_dir, title=title, db_label=str(db), methods=_method_catalog(), runs_dir=runs_dir, base_url=base_url)
-    out.print(f"site: {index} ({len(rows)} runs)")
+    built = build_from_store(db, out_dir, title, methods=_method_catalog(), runs_dir=runs_dir, base_url=base_url, release=release, releases_dir=releases_dir)
+    published = f", {built.references} published values" if built.references else ""
+    out.print(f"site: {built.index} ({built.runs} runs{published})")
+    if built.release is not None:
+        out.print(f"release: {built.release} (immutable; checksums in {built.release / 'SHA256SUMS'})")
 
 
 def _method_catalog() -> list[dict]:
@@ -297,8 +317,6 @@ def methods(
     head: Annotated[Optional[str], typer.Option(help="For --backbone/--count: the classifier Linear to replace, as train's --head.")] = None,
 ) -> None:
     """List the PEFT methods (read from the method registry)."""
-    from rich.table import Table
-
     from medpeft_cli.methods import FAMILIES, FAMILY_DESCRIPTIONS, capability_matrix, list_methods
     from medpeft_cli.methods.registry import TASKS
 
@@ -313,10 +331,8 @@ def methods(
     if backbone or count:
         _print_parameter_table(backbone or count, image_size, num_classes, every_method=bool(backbone), head=head)
         return
-    table = Table(title="capability matrix (method x backbone family)" if matrix else "methods", title_justify="left")
     columns = ("method", *FAMILIES) if matrix else ("name", "kind", *FAMILIES, "size knob", "merge", "default lr", "reference")
-    for column in columns:
-        table.add_column(column)
+    table = new_table(*columns, title="capability matrix (method x backbone family)" if matrix else "methods")
     for info in list_methods("classification"):
         marks = ["yes" if f in info.families else "-" for f in FAMILIES]
         if matrix:
@@ -338,13 +354,10 @@ def methods(
 
 
 def _print_t2i_methods(details: bool) -> None:
-    from rich.table import Table
-
     from medpeft_cli.methods import list_methods
 
-    table = Table(title="text-to-image methods (Stable Diffusion U-Net; text encoder and VAE frozen)", title_justify="left")
-    for column in ("name", "kind", "what trains", "default lr", "saved as", "reference"):
-        table.add_column(column)
+    table = new_table("name", "kind", "what trains", "default lr", "saved as", "reference",
+                      title="text-to-image methods (Stable Diffusion U-Net; text encoder and VAE frozen)")
     for info in list_methods("t2i"):
         saved = "diffusers LoRA (adapter/)" if info.peft_owned else "trainable.safetensors"
         table.add_row(info.name, info.kind, info.summary, f"{info.default_lr:g}", saved, info.cite)
@@ -357,8 +370,6 @@ def _print_t2i_methods(details: bool) -> None:
 
 def _print_parameter_table(backbone: str, image_size: int, num_classes: int, every_method: bool = False, head: str | None = None) -> None:
     """Each method's parameters on `backbone` (shapes only); with `every_method`, also what does not apply and why."""
-    from rich.table import Table
-
     from medpeft_cli.methods.accounting import backbone_table, head_params
     from medpeft_cli.models.backbones import describe_source, shape_backbone
 
@@ -370,9 +381,8 @@ def _print_parameter_table(backbone: str, image_size: int, num_classes: int, eve
                   f"{base:,} parameters without the head ({num_classes} classes, {image_size} px)")
         out.print(f"head: {shape.head_summary}")
     title = f"trainable parameters on {backbone} ({num_classes} classes, {image_size} px; backbone without head: {base:,})"
-    table = Table(title=title, title_justify="left")
-    for column in ("method", *(("applies",) if every_method else ()), "method params", "head params", "trainable", "% of backbone", "total"):
-        table.add_column(column, justify="right", no_wrap=column == "method")
+    numbers = ("method params", "head params", "trainable", "% of backbone", "total")
+    table = new_table("method", *(("applies",) if every_method else ()), *numbers, title=title, right=numbers)
     for r in rows:
         if "error" not in r:
             counts = (f"{r['method_params']:,}", f"{r['head_params']:,}", f"{r['trainable_params']:,}", f"{r['method_pct']:.3f}", f"{r['total_params']:,}")
@@ -390,16 +400,17 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/<run_key>.")],
     merge: Annotated[bool, typer.Option("--merge", help="Fold the trained method into the backbone weights (required).")] = False,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="Output .safetensors file [default: <run_key>-merged.safetensors].")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Where the run's weights file is now, if it moved (checked by its sha256).")] = None,
 ) -> None:
     """Write a run's model as a plain timm state dict (safetensors) with the method merged into the weights."""
     if not merge:
         raise UserError("pass --merge: export writes a plain timm state dict with the method folded into the weights (the unmerged weights already are in the run directory)")
     from medpeft_cli.export import export_merged
 
-    result = export_merged(run_dir, out_path)
-    out.print(f"merged {result['method']} into {result['backbone']}: {result['path']}")
+    result = export_merged(run_dir, out_path, weights)
+    out.print(f"merged {result['method']} into {result['backbone']}: {result['path']}", markup=False)  # paths as they are
     out.print(f"max |merged - adapted| / max |adapted| logits on {result['checked_images']} random images: {result['max_rel_diff']:.2e}")
-    out.print(f"load with: {result['load_hint']}")
+    out.print(f"load with: {result['load_hint']}", markup=False)
 
 
 datasets_app = typer.Typer(help="Datasets in the registry (datasets.yaml).", invoke_without_command=True)
@@ -416,13 +427,9 @@ def datasets(ctx: typer.Context) -> None:
 @datasets_app.command("list")
 def datasets_list() -> None:
     """List the datasets in the registry (and how each is obtained)."""
-    from rich.table import Table
-
     from medpeft_cli.data import list_datasets
 
-    table = Table(title="datasets", title_justify="left")
-    for column in ("name", "task", "modality", "classes", "access", "license"):
-        table.add_column(column, no_wrap=column == "name")
+    table = new_table("name", "task", "modality", "classes", "access", "license", title="datasets")
     for entry in list_datasets():
         n = str(len(entry.classes)) if entry.classes else ("from data" if getattr(entry, "classes_from_data", False) else "-")
         if getattr(entry, "expected_classes", None):
@@ -527,18 +534,13 @@ def datasets_verify(
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset files/cache directory.")] = None,
 ) -> None:
     """Check a dataset: checksums, class counts per split, split disjointness by group."""
-    from rich.table import Table
-
     from medpeft_cli.data import default_data_dir
     from medpeft_cli.data.verify import verify_dataset
 
     report = verify_dataset(name, data_dir or default_data_dir(), resolution)
     out.print(f"{report.name}: {report.location}")
     if report.counts:
-        table = Table(title="images per class", title_justify="left")
-        table.add_column("class")
-        for split in report.counts:
-            table.add_column(split, justify="right")
+        table = new_table("class", *report.counts, title="images per class", right=report.counts)
         names = report.class_names or ["(all)"]
         for i, cls in enumerate(names):
             table.add_row(cls, *(str(report.counts[s][i]) for s in report.counts))
@@ -555,33 +557,56 @@ def datasets_verify(
 @store_app.command("rebuild")
 def store_rebuild(
     db: Annotated[Path, typer.Option(help="DuckDB results file to (re)create.")] = DEFAULT_DB,
-    runs_dir: Annotated[Path, typer.Option(help="Directory of run directories.")] = DEFAULT_RUNS,
+    runs_dir: Annotated[Optional[list[Path]], typer.Option(help="Directory of run directories; repeat for several [default: runs].")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be added, kept, dropped and unreadable; write nothing.")] = False,
+    drop_missing: Annotated[bool, typer.Option("--drop-missing", help="Drop rows whose run directory is under no --runs-dir (each is listed).")] = False,
 ) -> None:
-    """Recreate the results database from the run directories (nothing in runs/ is changed)."""
-    from medpeft_cli.store import rebuild
+    """Recreate the results database from the run directories, accounting for every row (docs/reliability.md)."""
+    from medpeft_cli.store import rebuild_store
 
-    count = rebuild(db, runs_dir)
-    out.print(f"rebuilt {db} from {runs_dir}: {count} runs")
+    dirs = runs_dir or [DEFAULT_RUNS]
+    plan = rebuild_store(db, dirs, dry_run=dry_run, drop_missing=drop_missing)
+    for line in plan.lines():
+        out.print(line, markup=False, soft_wrap=True)
+    verb = "would rebuild" if dry_run else "rebuilt"
+    out.print(f"{verb} {db} from {', '.join(map(str, dirs))}: {plan.summary()}" + (" (dry run: nothing written)" if dry_run else ""), markup=False, soft_wrap=True)
 
 
+@app.command("runs")
+def runs_list(
+    db: Annotated[Path, typer.Option(help="DuckDB results file (opened read-only).")] = DEFAULT_DB,
+    dataset: Annotated[Optional[list[str]], typer.Option(help="Only these datasets (repeatable).")] = None,
+    method: Annotated[Optional[list[str]], typer.Option(help="Only these methods (repeatable).")] = None,
+    backbone: Annotated[Optional[list[str]], typer.Option(help="Only these backbones (repeatable).")] = None,
+    status: Annotated[Optional[list[str]], typer.Option(help="Only these statuses: ok, diverged (repeatable).")] = None,
+    task: Annotated[Optional[list[str]], typer.Option(help="Only these tasks: classification, t2i (repeatable).")] = None,
+    key: Annotated[Optional[str], typer.Option(help="Only run keys starting with this prefix.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list (one object per run).")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV with a header line.")] = False,
+) -> None:
+    """List the stored runs (key, status, task, dataset, backbone, method, data, seed, main metric, finished)."""
+    from medpeft_cli.store import listing
+
+    if as_json and as_csv:
+        raise UserError("give --json or --csv, not both")
+    found = listing.list_runs(db, listing.RunFilter(dataset or [], method or [], backbone or [], status or [], task or [], key))
+    text = listing.as_json(found) if as_json else listing.as_csv(found) if as_csv else listing.as_table(found)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+from medpeft_cli.bundle.commands import app as _bundle_app  # noqa: E402
+from medpeft_cli.reference.commands import app as _reference_app  # noqa: E402
+app.add_typer(_reference_app, name="reference")  # medpeft reference import|list
+app.add_typer(_bundle_app, name="bundle")  # medpeft bundle create|verify|import
 from medpeft_cli.sweep.commands import register as _register_sweep_commands  # noqa: E402
 
 _register_sweep_commands(app)  # sweep plan|run|run-one|slurm, tune, prefetch
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: every expected outcome (errors.py) becomes one line on stderr and its exit code
-    (user error 2, diverged 3, stopped 75); see docs/reliability.md, "Exit codes"."""
-    from medpeft_cli.errors import MedpeftError
+    """Console entry point: every expected outcome (errors.py), a usage error and Ctrl-C become one line on
+    stderr and its exit code (user error 2, diverged 3, stopped 75, interrupted 130); see entry.py and
+    docs/reliability.md, "Exit codes"."""
+    from medpeft_cli.entry import run
 
-    try:
-        app(args=argv, prog_name="medpeft")
-    except MedpeftError as exc:
-        from medpeft_cli.sweep.launch import record_outcome
-
-        print(exc.line(), file=sys.stderr)
-        record_outcome(exc.exit_code)  # in a process of `--num-processes N`: for the launching process
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("medpeft: interrupted; nothing was stored for the unfinished run", file=sys.stderr)
-        sys.exit(130)
+    run(app, argv)

@@ -13,18 +13,23 @@
                               status 'diverged' and no metrics
     75         Preempted      stopped by SIGTERM/SIGUSR1 at a step boundary; its     `medpeft: stopped: ...`
                               checkpoint is saved (EX_TEMPFAIL, sysexits.h)
-    130        -              interrupted (Ctrl-C)                                   `medpeft: interrupted; ...`
+    130        Interrupted    interrupted (Ctrl-C): the line names the run's last    `medpeft: interrupted; ...`
+                              checkpoint when one was written, else says nothing
+                              of the run was kept
 
-`medpeft_cli.cli.main` maps each `MedpeftError` to its one line and code, the same for `train`, `sweep
-run`, `sweep run-one`, `tune` and the Slurm task scripts (docs/reliability.md, "Exit codes").
+`medpeft_cli.entry.run` maps each `MedpeftError` (and a usage error, and Ctrl-C) to its one line and
+code, the same for `train`, `sweep run`, `sweep run-one`, `tune` and the Slurm task scripts
+(docs/reliability.md, "Exit codes").
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): the run stopped early on request and can be resumed
 DIVERGED_EXIT_CODE = 3
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 class MedpeftError(Exception):
@@ -74,3 +79,33 @@ class Preempted(MedpeftError):
 
     def line(self) -> str:
         return f"{super().line()}; {self.hint}"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a run trained. Still a KeyboardInterrupt, so nothing takes it for a failed run; it
+    carries where the run's checkpoint is (written after every epoch and evaluation; maybe none yet)
+    and how to continue from it. Commands that resume by default replace `again` (sweep/local.py)."""
+
+    def __init__(self, checkpoint: Path, again: str = "rerun the same command with --resume"):
+        super().__init__()
+        self.checkpoint = Path(checkpoint)
+        self.again = again
+
+
+class Interrupted(MedpeftError):
+    """What the CLI reports for Ctrl-C (a KeyboardInterrupt anywhere in a command): exit code 130 and
+    one line that promises a resume only when a checkpoint is on disk."""
+
+    exit_code = INTERRUPTED_EXIT_CODE
+    label = "interrupted"
+
+    @classmethod
+    def of(cls, exc: KeyboardInterrupt) -> Interrupted:
+        if not isinstance(exc, RunInterrupted):
+            return cls("")
+        if exc.checkpoint.is_file():  # looked at now: a throw-away run (a tuning trial) deletes its own
+            return cls(f"the run's last checkpoint is {exc.checkpoint}: {exc.again} to continue from it")
+        return cls("no checkpoint of the run is on disk, so nothing of it was kept (rerun the same command to start it again)")
+
+    def line(self) -> str:
+        return f"medpeft: {self.label}" + (f"; {self}" if str(self) else "")

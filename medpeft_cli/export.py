@@ -9,31 +9,33 @@ model's on random images; a difference above 1e-5 (relative) writes nothing.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from medpeft_cli.config import RunSpec
 from medpeft_cli.errors import UserError
-from medpeft_cli.store import read_result
+from medpeft_cli.store.rundir import follow_umask
 
 MAX_REL_DIFF = 1e-5
 CHECK_IMAGES = 4
 
 
-def load_run_model(run_dir: Path):
-    """(spec, result row, method info, backbone, adapted model in eval mode) of a saved run."""
+def load_run_model(run_dir: Path, weights: Path | None = None):
+    """(spec, result row, method info, backbone, adapted model in eval mode) of a saved run.
+
+    The run's weights file (or `weights`, a copy of it elsewhere) and its saved method weights are
+    checked before anything is built (train/evaluate.py)."""
     from medpeft_cli.methods import get_method, validate_options
     from medpeft_cli.models import create_backbone
-    from medpeft_cli.train.checkpoint import load_weights
+    from medpeft_cli.train.checkpoint import check_saved_weights, load_weights
+    from medpeft_cli.train.evaluate import load_saved_run, trained_weights_spec
 
     run_dir = Path(run_dir)
-    row = read_result(run_dir)
-    try:
-        spec = RunSpec.model_validate(json.loads((run_dir / "spec.json").read_text(encoding="utf-8")))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the spec of {run_dir} ({exc}); the run directory is damaged") from None
+    row, spec = load_saved_run(run_dir)
+    if spec.task != "classification":
+        raise UserError(f"run {row['run_key']} is a {spec.task} run; export --merge writes classification backbones only")
+    spec = trained_weights_spec(spec, row, weights)
     info = get_method(spec.method.name)
+    check_saved_weights(run_dir, info.peft_owned)
     options = validate_options(info, spec.method.options)
     backbone = create_backbone(spec.backbone, spec.weights, row["num_classes"], spec.image_size, spec.seed, spec.weights_prefix, weights_key=spec.weights_key, head=spec.head)
     if backbone.checksum != row.get("backbone_checksum"):
@@ -49,13 +51,13 @@ def relative_difference(a, b) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def export_merged(run_dir: Path, out_path: Path | None = None) -> dict[str, Any]:
+def export_merged(run_dir: Path, out_path: Path | None = None, weights: Path | None = None) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_file
 
     from medpeft_cli.models import create_backbone
 
-    spec, row, info, backbone, model = load_run_model(run_dir)
+    spec, row, info, backbone, model = load_run_model(run_dir, weights)
     if info.merge is None:
         raise UserError(f"method {info.name!r} adds non-linear modules or tokens, so it cannot be merged into plain backbone weights; use the run directory with `medpeft eval`")
     generator = torch.Generator().manual_seed(0)
@@ -79,6 +81,7 @@ def export_merged(run_dir: Path, out_path: Path | None = None) -> dict[str, Any]
     metadata = {"format": "timm-state-dict" if timm_model else f"medpeft-{backbone.source_kind}-state-dict", "backbone": spec.backbone, "num_classes": str(row["num_classes"]), "image_size": str(spec.image_size), "method": info.name, "run_key": row["run_key"]}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=metadata)
+    follow_umask(tmp)  # safetensors creates files 0600; an exported model is meant to be shared
     tmp.replace(path)
     # ViTs are built for their input size (position embeddings); CNNs take any size.
     create_kwargs = f"num_classes={row['num_classes']}" + (f", img_size={spec.image_size}" if backbone.family in ("vit", "hvit") else "")

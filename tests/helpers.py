@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 BREASTMNIST_DIR = REPO / "medpeft_cli" / "resources" / "data" / "breastmnist"
 
 # Small settings every end-to-end test uses: timm's 0.3M-parameter test_vit at 32 px.
-TINY = ["--backbone", "test_vit", "--image-size", "32", "--epochs", "1", "--data-fraction", "0.2", "--batch-size", "64"]
+TINY = ["--dataset", "synthetic-lesions", "--weights", "random", "--backbone", "test_vit", "--method", "lora", "--image-size", "32", "--epochs", "1", "--data-fraction", "0.2", "--batch-size", "64"]
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -28,7 +28,7 @@ CNN, VIT = f"{FIXTURES}:small_cnn", f"{FIXTURES}:small_vit"
 SIZE, CLASSES = 32, 3
 # VPT places prompts after the class token of a timm-style ViT; BOFT's default needs peft's CUDA extension.
 REFUSED = {"vpt-shallow": "VPT inserts prompt tokens", "vpt-deep": "VPT inserts prompt tokens"}
-RUN = ["--dataset", "synthetic-lesions", "--image-size", str(SIZE), "--epochs", "1", "--data-fraction", "0.2", "--batch-size", "64", "--quiet", "--no-site"]
+RUN = ["--dataset", "synthetic-lesions", "--weights", "random", "--image-size", str(SIZE), "--epochs", "1", "--data-fraction", "0.2", "--batch-size", "64", "--quiet", "--no-site"]
 
 
 def _tiny_transformers(kind: str, folder: Path) -> Path:

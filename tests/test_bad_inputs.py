@@ -18,8 +18,8 @@ import pytest
 import torch
 from helpers import hold_until_killed
 
-BASE = ["train", "--backbone", "test_vit", "--image-size", "32", "--epochs", "1", "-q"]
-KEY_FLAGS = {"backbone": "test_vit", "image_size": 32, "train.epochs": 1}
+BASE = ["train", "--dataset", "synthetic-lesions", "--backbone", "test_vit", "--weights", "random", "--method", "lora", "--image-size", "32", "--epochs", "1", "-q"]
+KEY_FLAGS = {"dataset": "synthetic-lesions", "backbone": "test_vit", "weights": "random", "method": "lora", "image_size": 32, "train.epochs": 1}
 
 
 def train(*args):
@@ -28,7 +28,7 @@ def train(*args):
 
 def run_key_of(flags: dict) -> str:
     from medpeft_cli.config import build_spec, run_key
-    from medpeft_cli.train.runner import resolve
+    from medpeft_cli.run import resolve
 
     return run_key(resolve(build_spec(None, flags))[0])
 

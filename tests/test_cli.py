@@ -67,7 +67,7 @@ def test_rerun_is_skipped_and_force_replaces(cli):
 @pytest.mark.slow
 def test_bitfit_seed_and_config_with_override(cli, tmp_path):
     assert cli("train", *TINY, "--method", "bitfit", "--seed", "1", "-q", "--no-site").code == 0
-    (tmp_path / "run.yaml").write_text("backbone: test_vit\nimage_size: 32\ndata_fraction: 0.2\nmethod: {name: lora, rank: 16}\ntrain: {epochs: 1}\n")
+    (tmp_path / "run.yaml").write_text("dataset: synthetic-lesions\nweights: random\nbackbone: test_vit\nimage_size: 32\ndata_fraction: 0.2\nmethod: {name: lora, rank: 16}\ntrain: {epochs: 1}\n")
     assert cli("train", "--config", "run.yaml", "--set", "method.rank=4", "-q", "--no-site").code == 0
     by_method = {r["method"]: r for r in rows()}
     assert by_method["bitfit"]["seed"] == 1
@@ -86,7 +86,7 @@ def test_store_rebuild_restores_every_row(cli, tmp_path):
 
 
 def test_breastmnist_from_the_shared_file(cli, breastmnist_dir):
-    res = cli("train", "--dataset", "breastmnist", "--data-dir", breastmnist_dir, *TINY, "--method", "linear", "-q", "--no-site")
+    res = cli("train", *TINY, "--dataset", "breastmnist", "--data-dir", breastmnist_dir, "--method", "linear", "-q", "--no-site")
     assert res.code == 0, res.stderr
     [row] = rows()
     assert row["num_classes"] == 2 and json.loads(row["class_names_json"]) == ["malignant", "normal, benign"]

@@ -5,7 +5,7 @@ import pytest
 
 from medpeft_cli.config import PROTOCOL_VERSION, RunSpec, build_spec, run_key
 from medpeft_cli.errors import UserError
-from medpeft_cli.train.runner import resolve
+from medpeft_cli.run import resolve
 
 
 def key_of(**flags) -> str:
@@ -15,13 +15,19 @@ def key_of(**flags) -> str:
 
 def test_defaults_are_the_embedded_offline_run():
     spec = RunSpec()
-    assert (spec.dataset, spec.backbone, spec.weights, spec.method.name) == ("synthetic-lesions", "vit_tiny_patch16_224", "random", "lora")
+    assert (spec.dataset, spec.backbone, spec.weights, spec.image_size, spec.method.name) == ("breastmnist", "cifar_resnet20", "pretrained", 32, "bn")
+    assert RunSpec(task="t2i").method.name == "lora" and RunSpec(method={"name": "ssf"}).method.name == "ssf"
+
+
+def test_a_method_without_a_name_is_the_tasks_default():
+    assert RunSpec(method={"stage": "all"}).method.name == "bn"
+    assert RunSpec(task="t2i", method={"rank": 4}).method.name == "lora"
 
 
 def test_key_ignores_spelling_out_defaults_but_not_changes():
     base = key_of(method="lora")
     assert key_of(method="lora", **{"train.lr": 1e-3}) == base  # 1e-3 is LoRA's default lr
-    spelled = resolve(build_spec(overrides=["method.rank=8", "method.alpha=8"]))[0]
+    spelled = resolve(build_spec(flags={"method": "lora"}, overrides=["method.rank=8", "method.alpha=8"]))[0]
     assert run_key(spelled) == base
     assert key_of(method="lora", seed=1) != base
     assert key_of(method="bitfit") != base
@@ -34,7 +40,7 @@ def test_key_ignores_output_locations(tmp_path):
 
 
 def test_key_is_identical_in_another_process():
-    code = "from medpeft_cli.config import build_spec, run_key; from medpeft_cli.train.runner import resolve; print(run_key(resolve(build_spec(flags={'seed': 3}))[0]))"
+    code = "from medpeft_cli.config import build_spec, run_key; from medpeft_cli.run import resolve; print(run_key(resolve(build_spec(flags={'seed': 3}))[0]))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert other == key_of(seed=3)
 
@@ -85,4 +91,4 @@ def test_invalid_yaml_names_the_line(tmp_path):
 
 def test_unknown_method_option_is_refused():
     with pytest.raises(UserError, match="invalid options for method 'lora': rnak: unknown option"):
-        resolve(build_spec(overrides=["method.rnak=4"]))
+        resolve(build_spec(flags={"method": "lora"}, overrides=["method.rnak=4"]))

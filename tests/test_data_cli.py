@@ -79,7 +79,7 @@ def test_train_on_prepared_data_records_shots_weighting_ece_and_subgroups(cli, t
     prep = cli("datasets", "prepare", "lesions-sex", "--raw", tmp_path / "raw", "--from", "manifest", "--subgroups", "sex",
                "--resolution", "16", "--data-dir", tmp_path / "d")
     assert prep.code == 0, prep.stderr
-    args = ["train", "--dataset", "lesions-sex", "--data-dir", tmp_path / "d", "--backbone", "test_vit", "--image-size", "32",
+    args = ["train", "--dataset", "lesions-sex", "--data-dir", tmp_path / "d", "--backbone", "test_vit", "--weights", "random", "--image-size", "32",
             "--epochs", "1", "--batch-size", "32", "--method", "linear", "-q", "--no-site", "--shots", "20", "--class-weighting", "sampler"]
     res = cli(*args)
     assert res.code == 0, res.stderr

@@ -145,11 +145,14 @@ def test_impl_is_not_part_of_the_run_key():
     from medpeft_cli.config import build_spec, run_key
 
     def key(*overrides):
-        return run_key(build_spec(overrides=["method.rank=8", *overrides]))
+        return run_key(build_spec(flags={"method": "lora"}, overrides=["method.rank=8", *overrides]))
 
     assert key("method.impl=fused") == key("method.impl=peft") == key()
     assert key("method.rank=4") != key()
-    from medpeft_cli.train.runner import resolve
+    from medpeft_cli.run import resolve
 
-    spec, _, options = resolve(build_spec())  # the default run, its options filled (impl included)
+    # The embedded default of medpeft 0.x (before the default became a real backbone), spelled out.
+    old_default = {"dataset": "synthetic-lesions", "backbone": "vit_tiny_patch16_224", "weights": "random", "image_size": 64,
+                   "method": "lora", "train.epochs": 5, "train.batch_size": 64}  # fmt: skip
+    spec, _, options = resolve(build_spec(flags=old_default))  # its options filled (impl included)
     assert options.impl == "fused" and run_key(spec) == "abe09a8ab6870ea6"  # its key from before impl existed

@@ -115,11 +115,11 @@ def test_export_refuses_what_cannot_be_merged(cli):
 
 def test_run_key_ignores_an_unset_budget():
     from medpeft_cli.config import build_spec, run_key
-    from medpeft_cli.train.runner import resolve
+    from medpeft_cli.run import resolve
 
-    plain = build_spec(flags={"backbone": "test_vit", "image_size": 32})
+    plain = build_spec(flags={"backbone": "test_vit", "method": "lora", "image_size": 32})
     assert "param_budget" not in plain.key_fields()
-    budgeted, info, options = resolve(build_spec(flags={"backbone": "test_vit", "image_size": 32, "param_budget": "3%"}))
+    budgeted, info, options = resolve(build_spec(flags={"backbone": "test_vit", "method": "lora", "image_size": 32, "param_budget": "3%"}))
     assert budgeted.param_budget == "3%" and run_key(budgeted) != run_key(resolve(plain)[0])
     again = resolve(budgeted)[0]  # resolving a resolved spec (e.g. a saved spec.json) is stable
     assert run_key(again) == run_key(budgeted) and again.method.options["rank"] == options.rank

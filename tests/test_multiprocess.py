@@ -15,7 +15,7 @@ from medpeft_cli.train.task import check_world
 
 # 480 training images in batches of 32: no partial last batch, so 2 processes x 16 images per step
 # compute exactly the steps of 1 process x 32 (a padded last batch would differ slightly).
-RUN = ["--backbone", "test_vit", "--image-size", "32", "--epochs", "1", "--data-fraction", "0.2", "--batch-size", "32", "--method", "lora", "-q", "--no-site"]
+RUN = ["--dataset", "synthetic-lesions", "--weights", "random", "--backbone", "test_vit", "--image-size", "32", "--epochs", "1", "--data-fraction", "0.2", "--batch-size", "32", "--method", "lora", "-q", "--no-site"]
 
 
 def _result(runs_dir):
@@ -62,7 +62,7 @@ def test_cpu_launch_uses_gloo_processes_and_checks_gpus(monkeypatch):
 
 
 def test_uneven_batches_are_refused_before_launching(cli):
-    res = cli("train", "--backbone", "test_vit", "--batch-size", "64", "--num-processes", "3", "--no-site")
+    res = cli("train", "--dataset", "synthetic-lesions", "--weights", "random", "--method", "lora", "--backbone", "test_vit", "--batch-size", "64", "--num-processes", "3", "--no-site")
     assert res.code == 2 and "train.batch_size 64 does not split evenly over 3 processes" in res.stderr
 
 

@@ -33,7 +33,7 @@ T2I_FLAGS = {
     "t2i.num_inference_steps": 2, "train.eval_batch_size": 16, "t2i.ema": True, "t2i.ema_decay": 0.5, "method": "difffit",
 }  # fmt: skip
 T2I_STEPS_PER_EPOCH = 5
-CLS = ["--backbone", "test_vit", "--image-size", "32", "--epochs", "1", "--data-fraction", "0.05", "--batch-size", "16", "-q", "--no-site"]
+CLS = ["--dataset", "synthetic-lesions", "--weights", "random", "--method", "lora", "--backbone", "test_vit", "--image-size", "32", "--epochs", "1", "--data-fraction", "0.05", "--batch-size", "16", "-q", "--no-site"]
 
 # The child of the SIGKILL and lock tests: runs `medpeft ARGS`, and right before its N-th optimizer step
 # (counted by torch's global pre-hook over every optimizer) either kills itself or holds (prints "ready",
@@ -224,7 +224,7 @@ def nan_grid(tmp_path: Path, task: str, lrs: str = "[1.0e+30]") -> None:
     if task == "t2i":
         head = "task: t2i\nt2i: {fid_samples: 8, fid_seeds: [0], num_inference_steps: 2}\ntrain: {epochs: 1, batch_size: 16, eval_batch_size: 16}\n"
     else:
-        head = "backbone: test_vit\nimage_size: 32\ntrain: {epochs: 1, batch_size: 16}\n"
+        head = "backbone: test_vit\nweights: random\ndataset: synthetic-lesions\nimage_size: 32\ntrain: {epochs: 1, batch_size: 16}\n"
     (tmp_path / "grid.yaml").write_text(f"name: nan\n{head}data_fraction: 0.05\nmethod: full\ngrid:\n  lr: {lrs}\n")
 
 

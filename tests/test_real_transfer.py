@@ -95,3 +95,16 @@ def test_merged_export_reproduces_the_runs_test_predictions(cli, tmp_path, metho
     assert torch.allclose(merged, stored, atol=2e-6, rtol=0), (merged - stored).abs().max()
     assert torch.equal(merged.argmax(1), stored.argmax(1))
     assert json.loads(row["metrics_json"])["test"]["n"] == len(index) == 156
+
+
+def test_the_default_run_is_bn_tuning_of_the_packaged_weights_on_the_packaged_data(cli, tmp_path):
+    # `medpeft train` with no options, cut to 2 epochs: everything else is the embedded default.
+    res = cli("train", "--epochs", "2", "-q", "--no-site")
+    assert res.code == 0, res.stderr
+    [row] = db_rows(tmp_path / "results" / "medpeft.duckdb")
+    assert (row["dataset"], row["backbone"], row["method"], row["image_size"]) == ("breastmnist", "cifar_resnet20", "bn", 32)
+    assert row["weights_source"].startswith("medpeft:cifar10_resnet20 file:resnet20-12fca82f.th sha256:12fca82f")
+    assert "breastmnist.npz md5=750601b1f35ba3300ea97c75c52ff8f6" in row["dataset_source"]
+    spec = json.loads(row["spec_json"])
+    assert spec["train"]["batch_size"] == 32 and spec["train"]["lr"] == 1e-2  # BN tuning's default learning rate
+    assert row["head_params"] == HEAD_PARAMS and row["method_params"] == 1376  # BN scale/shift of ResNet-20, new head

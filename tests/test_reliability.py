@@ -22,8 +22,8 @@ from medpeft_cli.report.runpage import shard
 pytestmark = pytest.mark.slow  # every test trains (the reference run: 3 epochs)
 
 # 120 training images (8 steps of 16 per epoch), 3 epochs: small enough for a 2-core CPU.
-ARGS = ["--backbone", "test_vit", "--image-size", "32", "--epochs", "3", "--data-fraction", "0.05", "--batch-size", "16", "--method", "lora"]
-FLAGS = {"backbone": "test_vit", "image_size": 32, "train.epochs": 3, "data_fraction": 0.05, "train.batch_size": 16, "method": "lora"}
+ARGS = ["--dataset", "synthetic-lesions", "--weights", "random", "--backbone", "test_vit", "--image-size", "32", "--epochs", "3", "--data-fraction", "0.05", "--batch-size", "16", "--method", "lora"]
+FLAGS = {"dataset": "synthetic-lesions", "weights": "random", "backbone": "test_vit", "image_size": 32, "train.epochs": 3, "data_fraction": 0.05, "train.batch_size": 16, "method": "lora"}
 STEPS_PER_EPOCH = 8
 SECRETS = {"HF_TOKEN": "hf_secretTOKEN123", "HUGGING_FACE_HUB_TOKEN": "hf_otherSECRET456", "AWS_SECRET_ACCESS_KEY": "awsSECRET789", "MEDPEFT_API_KEY": "mpSECRET000"}
 
@@ -46,7 +46,7 @@ def outcome_of(row: dict, run_dir: Path) -> dict:
 def reference(tmp_path_factory, single_thread):  # one thread: bitwise comparisons need equal thread counts
     """One uninterrupted run, made with secrets in the environment (the security test reads it)."""
     from medpeft_cli.config import build_spec
-    from medpeft_cli.train.runner import train
+    from medpeft_cli.run import train
 
     root = tmp_path_factory.mktemp("reference")
     old = {k: os.environ.get(k) for k in SECRETS}
@@ -106,7 +106,7 @@ def test_sigterm_stops_at_a_step_boundary_with_exit_75_and_resume_is_exact(cli, 
 
     # Sweeps call the runner, which resumes by default (no flag): the same exact result.
     from medpeft_cli.config import build_spec
-    from medpeft_cli.train.runner import train
+    from medpeft_cli.run import train
 
     train(build_spec(None, {**FLAGS, "output.runs_dir": tmp_path / "runs", "output.db": tmp_path / "results" / "medpeft.duckdb"}))
     assert_same_as_reference(tmp_path, reference)
@@ -178,7 +178,8 @@ def test_nan_loss_is_stored_as_diverged_with_no_metrics_and_shown_so_on_the_site
     assert evaluated.code == 2 and f"run {row['run_key']} diverged (" in evaluated.stderr and "lower --lr" in evaluated.stderr
     # The runner API keeps raising a FloatingPointError (learning-rate search prunes such trials), after storing.
     from medpeft_cli.config import build_spec
-    from medpeft_cli.train.runner import RunDiverged, train
+    from medpeft_cli.errors import RunDiverged
+    from medpeft_cli.run import train
 
     spec = build_spec(None, {**FLAGS, "train.epochs": 1, "method": "full", "train.lr": 1e30, "output.runs_dir": tmp_path / "r2", "output.db": tmp_path / "r2.duckdb"})
     with pytest.raises(FloatingPointError) as info:

@@ -65,7 +65,7 @@ def test_a_lock_file_replaced_while_waiting_is_not_trusted(tmp_path, monkeypatch
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # two training processes at once (measured: 10-31 s on 2 shared cores)
 def test_two_processes_starting_the_same_run_key_store_one_row(tmp_path):
-    args = ["train", "--backbone", "test_vit", "--image-size", "32", "--epochs", "1", "--data-fraction", "0.05", "--batch-size", "16",
+    args = ["train", "--dataset", "synthetic-lesions", "--weights", "random", "--backbone", "test_vit", "--image-size", "32", "--epochs", "1", "--data-fraction", "0.05", "--batch-size", "16",
             "--method", "linear", "-q", "--no-site"]  # fmt: skip
     procs = [subprocess.Popen([sys.executable, "-m", "medpeft_cli", *args], cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip

@@ -18,6 +18,8 @@ from helpers import wait_for
 GRID = """\
 name: arr
 backbone: test_vit
+weights: random
+dataset: synthetic-lesions
 image_size: 32
 data_fraction: 0.2
 train: {epochs: 1, batch_size: 64}

@@ -28,6 +28,8 @@ JOB_LIMIT_S = 300.0  # a guard for a whole submission; it takes seconds here
 TUNED_GRID = """\
 name: live
 backbone: test_vit
+weights: random
+dataset: synthetic-lesions
 image_size: 32
 data_fraction: 0.2
 train: {epochs: 1, batch_size: 64}
@@ -42,6 +44,8 @@ grid:
 LONG_GRID = """\
 name: long
 backbone: test_vit
+weights: random
+dataset: synthetic-lesions
 image_size: 32
 method: lora
 data_fraction: 0.2

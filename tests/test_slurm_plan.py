@@ -14,6 +14,7 @@ from medpeft_cli.sweep.queue import compress, expand, parse_scontrol
 
 BASE = """\
 name: est
+weights: random
 backbone: test_vit
 image_size: 32
 method: linear
@@ -86,7 +87,7 @@ def test_estimate_counts_training_and_evaluation_images_and_names_what_it_cannot
 
 
 def test_estimate_from_finished_runs_uses_their_measured_speed(cli, tmp_path):
-    grid(tmp_path, "data_fraction: 0.1\ntrain: {epochs: 1, batch_size: 64}\ngrid:\n  seed: [0, 1]\n")
+    grid(tmp_path, "dataset: synthetic-lesions\ndata_fraction: 0.1\ntrain: {epochs: 1, batch_size: 64}\ngrid:\n  seed: [0, 1]\n")
     from medpeft_cli.store import append
 
     row = {"run_key": "r0", "status": "ok", "dataset": "synthetic-lesions", "backbone": "test_vit", "method": "linear", "image_size": 32,

@@ -9,7 +9,7 @@ from medpeft_cli.config import build_spec, run_key
 from medpeft_cli.errors import UserError
 from medpeft_cli.sweep.grid import load_grid
 from medpeft_cli.sweep.manifest import plan, read_manifest
-from medpeft_cli.train.runner import resolve
+from medpeft_cli.run import resolve
 
 
 def grid_file(tmp_path, text, name="grid.yaml"):
@@ -23,6 +23,7 @@ def test_expansion_ranges_dotted_keys_and_exclusions(tmp_path):
         tmp_path,
         """
         backbone: test_vit
+        weights: random
         image_size: 32
         train: {epochs: 1}
         grid:
@@ -48,16 +49,16 @@ def test_expansion_ranges_dotted_keys_and_exclusions(tmp_path):
 
 
 def test_grid_point_has_the_same_run_key_as_medpeft_train(tmp_path):
-    path = grid_file(tmp_path, "backbone: test_vit\nimage_size: 32\ngrid: {method: [lora], seed: [3]}\n")
+    path = grid_file(tmp_path, "backbone: test_vit\nweights: random\nimage_size: 32\ngrid: {method: [lora], seed: [3]}\n")
     manifest = plan(path)
-    by_hand = resolve(build_spec(None, {"backbone": "test_vit", "image_size": 32, "method": "lora", "seed": 3}))[0]
+    by_hand = resolve(build_spec(None, {"backbone": "test_vit", "weights": "random", "image_size": 32, "method": "lora", "seed": 3}))[0]
     assert manifest.entries[0].run_key == run_key(by_hand)
     assert manifest.entries[0].lr_source == "method-default"
 
 
 def test_manifest_paths_are_absolute_and_file_round_trips(tmp_path, monkeypatch, cli):
     monkeypatch.chdir(tmp_path)
-    grid_file(tmp_path, "name: small\nbackbone: test_vit\nimage_size: 32\ngrid: {method: [linear, bitfit]}\n")
+    grid_file(tmp_path, "name: small\nbackbone: test_vit\nweights: random\nimage_size: 32\ngrid: {method: [linear, bitfit]}\n")
     res = cli("sweep", "plan", "grid.yaml")
     assert res.code == 0, res.stderr
     assert "grid small: 2 runs" in res.stdout and "0 done, 2 to run" in res.stdout
@@ -69,7 +70,7 @@ def test_manifest_paths_are_absolute_and_file_round_trips(tmp_path, monkeypatch,
 
 def test_duplicates_after_normalisation_are_dropped(tmp_path):
     # linear's default lr is 1e-3: `lr: null` and `lr: 0.001` are the same run
-    path = grid_file(tmp_path, "backbone: test_vit\ngrid: {method: [linear], lr: [null, 0.001, 0.01]}\n")
+    path = grid_file(tmp_path, "backbone: test_vit\nweights: random\ngrid: {method: [linear], lr: [null, 0.001, 0.01]}\n")
     grid = load_grid(path)
     assert len(grid.points) == 2 and grid.duplicates == 1
     assert sorted(p.lr_source for p in grid.points) == ["given", "method-default"]
@@ -81,6 +82,7 @@ def test_tuned_lr_groups_runs_by_method_backbone_dataset(tmp_path, monkeypatch):
         tmp_path,
         """
         backbone: test_vit
+        weights: random
         grid:
           method: [linear, bitfit]
           data_fraction: [0.2, 1.0]
@@ -106,7 +108,7 @@ def test_tuned_lr_groups_runs_by_method_backbone_dataset(tmp_path, monkeypatch):
 
 
 def test_tuned_base_lr_can_be_overridden_per_point(tmp_path):
-    path = grid_file(tmp_path, "backbone: test_vit\ntrain: {lr: tuned}\ngrid: {method: [linear], lr: [tuned, 0.01]}\n")
+    path = grid_file(tmp_path, "backbone: test_vit\nweights: random\ntrain: {lr: tuned}\ngrid: {method: [linear], lr: [tuned, 0.01]}\n")
     points = load_grid(path).points
     assert [p.tuned for p in points] == [True, False] and points[1].spec.train.lr == 0.01
 
@@ -126,7 +128,7 @@ def test_tuned_base_lr_can_be_overridden_per_point(tmp_path):
     ],
 )
 def test_bad_grids_are_one_line_errors(tmp_path, text, message):
-    path = grid_file(tmp_path, "backbone: test_vit\n" + text)
+    path = grid_file(tmp_path, "backbone: test_vit\nweights: random\n" + text)
     with pytest.raises(UserError) as info:
         load_grid(path)
     assert message in str(info.value) and "\n" not in str(info.value)
@@ -148,7 +150,7 @@ def test_tuned_is_only_allowed_in_grid_files(cli, tmp_path):
 
 
 def test_run_one_rejects_bad_index_and_non_manifest(cli, tmp_path):
-    grid_file(tmp_path, "backbone: test_vit\nimage_size: 32\ngrid: {method: [linear]}\n")
+    grid_file(tmp_path, "backbone: test_vit\nweights: random\nimage_size: 32\ngrid: {method: [linear]}\n")
     assert cli("sweep", "plan", "grid.yaml", "--manifest", "m.json").code == 0
     res = cli("sweep", "run-one", "m.json", "--index", "5")
     assert res.code == 2 and "index 5 is outside manifest" in res.stderr

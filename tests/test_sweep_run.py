@@ -10,6 +10,8 @@ from medpeft_cli.report.runpage import shard
 GRID = """\
 name: small
 backbone: test_vit
+weights: random
+dataset: synthetic-lesions
 image_size: 32
 data_fraction: 0.2
 train: {epochs: 1, batch_size: 64}
@@ -31,7 +33,7 @@ def rows(db):
 def test_plan_run_missing_then_report(cli, tmp_path):
     (tmp_path / "grid.yaml").write_text(GRID)
     # One run of the grid already exists, started by hand with the same settings.
-    by_hand = cli("train", "--backbone", "test_vit", "--image-size", "32", "--data-fraction", "0.2", "--epochs", "1", "--method", "linear", "-q", "--no-site")
+    by_hand = cli("train", "--dataset", "synthetic-lesions", "--weights", "random", "--backbone", "test_vit", "--image-size", "32", "--data-fraction", "0.2", "--epochs", "1", "--batch-size", "64", "--method", "linear", "-q", "--no-site")
     assert by_hand.code == 0, by_hand.stderr
 
     planned = cli("sweep", "plan", "grid.yaml")
@@ -106,7 +108,7 @@ def test_offline_sweep_names_what_is_missing_and_runs_from_a_warm_cache(cli, tmp
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    (tmp_path / "grid.yaml").write_text(GRID.replace("grid:", "weights: pretrained\ngrid:").replace("[linear, bitfit]", "[linear]"))
+    (tmp_path / "grid.yaml").write_text(GRID.replace("weights: random\n", "weights: pretrained\n").replace("[linear, bitfit]", "[linear]"))
     res = cli("sweep", "run", "grid.yaml")
     assert res.code == 2
     line = res.stderr.strip()

@@ -102,7 +102,7 @@ def test_t2i_spec_defaults_to_the_embedded_set_and_keeps_classification_keys():
 
 
 def test_t2i_options_are_resolved_per_pipeline():
-    from medpeft_cli.train.runner import resolve
+    from medpeft_cli.run import resolve
 
     tiny, info, _ = resolve(build_spec(flags={"task": "t2i"}))
     assert info.task == "t2i" and tiny.train.lr == info.default_lr
@@ -122,7 +122,7 @@ def test_t2i_options_are_resolved_per_pipeline():
     ],
 )
 def test_bad_t2i_specs_are_one_line(flags, overrides, message):
-    from medpeft_cli.train.runner import resolve
+    from medpeft_cli.run import resolve
 
     with pytest.raises(UserError, match=message):
         resolve(build_spec(flags=flags, overrides=overrides))

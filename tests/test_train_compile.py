@@ -31,7 +31,7 @@ def compiled(monkeypatch):
 @pytest.mark.slow
 def test_compile_trains_stores_and_keeps_the_run_key(cli, compiled, tmp_path):
     from medpeft_cli.config import build_spec, run_key
-    from medpeft_cli.train.runner import resolve
+    from medpeft_cli.run import resolve
 
     # 240 training images in 5 equal batches and one evaluation batch per split: two graphs to capture.
     args = [*TINY, "--data-fraction", "0.1", "--batch-size", "48", "--set", "train.eval_batch_size=600", "--method", "lora", "--no-site"]
@@ -43,7 +43,7 @@ def test_compile_trains_stores_and_keeps_the_run_key(cli, compiled, tmp_path):
     assert '"compile"' not in row["spec_json"]
     # what computed the row is recorded beside the key: the compiled graph and LoRA's fused layer
     assert json.loads(row["speed_json"]) == {"method.impl": "fused", "train.compile": True}
-    plain = build_spec(flags={"backbone": "test_vit", "image_size": 32, "train.epochs": 1, "data_fraction": 0.1, "train.batch_size": 48, "method": "lora"},
+    plain = build_spec(flags={"dataset": "synthetic-lesions", "weights": "random", "backbone": "test_vit", "image_size": 32, "train.epochs": 1, "data_fraction": 0.1, "train.batch_size": 48, "method": "lora"},
                        overrides=["train.eval_batch_size=600"])  # fmt: skip
     assert row["run_key"] == run_key(resolve(plain)[0])  # the same run without --compile has the same key
 

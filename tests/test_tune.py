@@ -113,6 +113,8 @@ def test_killed_workers_running_trials_can_be_failed(tmp_path):
 GRID = """\
 name: tuned
 backbone: test_vit
+weights: random
+dataset: synthetic-lesions
 image_size: 32
 train: {epochs: 1, batch_size: 64}
 grid:

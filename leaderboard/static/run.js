@@ -104,7 +104,8 @@
     ["torch_version", "torch"], ["timm_version", "timm"], ["peft_version", "peft"], ["accelerate_version", "accelerate"],
     ["device", "Device"], ["world_size", "Processes"], ["container_image", "Container image"], ["dataset_source", "Dataset source"],
     ["dataset_checksum", "Dataset split checksum"], ["backbone_source", "Backbone source"], ["weights_source", "Weights source"], ["backbone_checksum", "Backbone checksum"],
-    ["speed_json", "Speed-only options"], ["started_at", "Started"], ["finished_at", "Finished"]
+    ["speed_json", "Speed-only options"], ["started_at", "Started"], ["finished_at", "Finished"],
+    ["submitter", "Submitted by (result bundle)"], ["bundle_sha256", "Result bundle sha256"]
   ];
   // Parts of the record that are not result-row columns (the parsed JSON columns, the run directory).
   var STRUCTURED = ["spec", "metrics", "class_names", "per_class_f1", "spec_json", "metrics_json", "class_names_json", "per_class_f1_json", "files"];

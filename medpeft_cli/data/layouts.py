@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from medpeft_cli import duck
 from medpeft_cli.errors import UserError
 
 from .images import IMAGE_SUFFIXES
@@ -293,7 +294,7 @@ def _read_manifest_rows(path: Path) -> list[dict[str, str]]:
         import duckdb
 
         try:
-            con = duckdb.connect()
+            con = duck.connect()
             cur = con.execute("SELECT * FROM read_parquet(?)", [str(path)])
             names = [d[0] for d in cur.description]
             rows = [{n: "" if v is None else str(v).strip() for n, v in zip(names, values)} for values in cur.fetchall()]
@@ -324,6 +325,8 @@ def read_manifest(manifest: Path, classes: list[str] | None = None) -> tuple[Pat
             split = SPLIT_ALIASES.get(row["split"].lower())
             if split is None:
                 raise UserError(f"{where}: split {row['split']!r} is not train, val or test; fix the manifest")
+        if not row["label"]:
+            raise UserError(f"{where}: the label of {rel!r} is empty; give every row a label (or leave the row out of the manifest)")
         sample_id = row.get("id") or rel
         records.append(RawRecord(id=sample_id, path=rel, label=row["label"], group=row.get("group") or sample_id, meta={c: row[c] for c in extra}, split=split))
     names = classes if classes else sorted({r.label for r in records})

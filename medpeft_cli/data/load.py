@@ -14,7 +14,7 @@ from medpeft_cli.errors import UserError
 from .bundle import DatasetBundle
 from .medmnist import load_medmnist
 from .prepared import available_resolutions, load_prepared, prepared_dir, prepared_root, read_info
-from .registry import DatasetEntry, MedMNISTEntry, PreparedEntry, SyntheticEntry, get_dataset_entry
+from .registry import NAME_RULE, DatasetEntry, MedMNISTEntry, PreparedEntry, SyntheticEntry, get_dataset_entry, suggested_name, valid_dataset_name
 from .synthetic import load_synthetic
 
 
@@ -74,10 +74,13 @@ def load_dataset(
     try:
         entry: DatasetEntry = get_dataset_entry(name)
     except UserError as unknown:
-        bundle = load_user_prepared(name, root, resolution)
+        bundle = load_user_prepared(name, root, resolution) if valid_dataset_name(name) else None
         if bundle is None:
+            # the hint names a dataset that `prepare` accepts (the name asked for, when it is valid)
+            suggested = name if valid_dataset_name(name) else suggested_name(name)
+            rule = "" if suggested == name else f" (a dataset name is {NAME_RULE})"
             raise UserError(
-                f"{unknown} or prepare your own under --data-dir with `medpeft datasets prepare {name} --raw DIR --from imagefolder|manifest`"
+                f"{unknown} or prepare your own under --data-dir with `medpeft datasets prepare {suggested} --raw DIR --from imagefolder|manifest`{rule}"
             ) from None
         return bundle
     if isinstance(entry, SyntheticEntry):

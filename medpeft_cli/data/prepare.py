@@ -3,7 +3,6 @@ official files, or a user's ImageFolder tree / manifest) and run the prepare pip
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -12,10 +11,9 @@ from medpeft_cli.errors import UserError
 from .layouts import LAYOUTS, read_imagefolder, read_manifest
 from .medmnist import prepare_medmnist
 from .prepared import PrepareResult, PrepareSpec, prepare_table
-from .registry import MedMNISTEntry, PreparedEntry, SyntheticEntry, get_dataset_entry, list_datasets
+from .registry import MedMNISTEntry, PreparedEntry, SyntheticEntry, check_dataset_name, get_dataset_entry, list_datasets
 
 USER_SOURCES = ("imagefolder", "manifest")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
 def _manifest_file(raw: Path) -> Path:
@@ -25,6 +23,16 @@ def _manifest_file(raw: Path) -> Path:
         if (raw / name).is_file():
             return raw / name
     raise UserError(f"no manifest at {raw}; pass --raw the manifest file (CSV or Parquet with columns path,label[,group][,split]) or a folder holding manifest.csv")
+
+
+def _medmnist_folder(entry: MedMNISTEntry, raw: Path) -> Path:
+    """--raw of a MedMNIST dataset: the folder of its official .npz files, or one of those files itself."""
+    if not raw.is_file():
+        return raw
+    files = sorted({f.file for f in entry.files.values()})
+    if raw.name in files:
+        return raw.parent
+    raise UserError(f"--raw {raw} is a file, not one of {entry.name}'s official files ({', '.join(files)}); pass the folder that holds them, or one of them")
 
 
 def prepare(
@@ -43,9 +51,11 @@ def prepare(
     progress: Callable[[int], None] = lambda n: None,
 ) -> PrepareResult:
     raw = Path(raw).expanduser()
+    registered = {e.name: e for e in list_datasets()}
+    if name not in registered:
+        check_dataset_name(name)  # before anything is read or written: it names a folder under prepared/
     if not raw.exists():
         raise UserError(f"--raw {raw} does not exist; pass the folder (or manifest file) of the downloaded data")
-    registered = {e.name: e for e in list_datasets()}
     if name in registered:
         entry = get_dataset_entry(name)
         if source is not None:
@@ -57,7 +67,7 @@ def prepare(
         if isinstance(entry, MedMNISTEntry):
             if seed is not None:
                 raise UserError(f"{name} uses the official MedMNIST split; drop --seed")
-            return prepare_medmnist(entry, raw, data_dir, list(resolutions) if resolutions else None, force)
+            return prepare_medmnist(entry, _medmnist_folder(entry, raw), data_dir, list(resolutions) if resolutions else None, force)
         assert isinstance(entry, PreparedEntry)
         if not raw.is_dir():
             raise UserError(f"--raw {raw} must be the folder of the {name} download ({entry.raw_layout.strip()})")
@@ -71,8 +81,6 @@ def prepare(
         )
         return prepare_table(raw, table, spec, data_dir, progress)
 
-    if not _NAME.match(name):
-        raise UserError(f"dataset name {name!r} must be lower-case letters, digits, '-' or '_' (starting with a letter or digit)")
     if source not in USER_SOURCES:
         raise UserError(f"{name} is not in the registry; to prepare your own data pass --from imagefolder or --from manifest")
     if source == "imagefolder":

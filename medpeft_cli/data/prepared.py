@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medpeft_cli import duck
 from medpeft_cli.errors import UserError
 
 from .bundle import SPLIT_NAMES, DatasetBundle, Split
@@ -100,6 +101,9 @@ class PrepareResult:
 def _class_names(table: RawTable, spec: PrepareSpec) -> list[str]:
     if spec.task == "text-to-image":
         return []
+    unlabelled = next((r for r in table.records if r.label is None or not str(r.label).strip()), None)
+    if unlabelled is not None:  # never a hidden class "": the run would be an N+1-class problem
+        raise UserError(f"{spec.name}: sample {unlabelled.id!r} ({unlabelled.path}) has an empty label; give every sample a label (or leave it out of the data)")
     names = table.class_names or spec.class_names
     if names is None:  # classes_from_data
         names = sorted({r.label for r in table.records if r.label is not None})
@@ -108,6 +112,8 @@ def _class_names(table: RawTable, spec: PrepareSpec) -> list[str]:
                 f"{spec.name}: the raw data has {len(names)} distinct labels, the registry expects {spec.expected_classes}; "
                 "is it the official release?"
             )
+    if any(not str(n).strip() for n in names):
+        raise UserError(f"{spec.name}: the class list {list(names)} holds an empty name; name every class (e.g. --classes a,b)")
     return list(names)
 
 
@@ -217,9 +223,7 @@ def _sha256_file(path: Path) -> str:
 
 
 def _write_manifest(path: Path, columns: dict[str, np.ndarray]) -> None:
-    import duckdb
-
-    con = duckdb.connect()
+    con = duck.connect()
     try:
         con.register("manifest_view", {k: (v.astype(object) if v.dtype.kind == "U" else v) for k, v in columns.items()})
         con.execute(f"COPY (SELECT * FROM manifest_view ORDER BY \"index\") TO '{path.as_posix()}' (FORMAT parquet)")
@@ -231,7 +235,7 @@ def read_manifest_columns(path: Path) -> dict[str, np.ndarray]:
     """The manifest as {column: array}, rows in `index` order (strings as str arrays)."""
     import duckdb
 
-    con = duckdb.connect()
+    con = duck.connect()
     try:
         cur = con.execute("SELECT * FROM read_parquet(?) ORDER BY \"index\"", [str(path)])
         names = [d[0] for d in cur.description]
@@ -430,6 +434,33 @@ def read_info(directory: Path) -> dict:
     return info
 
 
+def check_labels(directory: Path, class_names: list[str], columns: dict[str, np.ndarray]) -> None:
+    """Every label of a prepared manifest names one of its classes (a changed manifest or info.json, or a
+    copy prepared before empty labels were refused, is caught here rather than deep inside training)."""
+    if not class_names:  # text-to-image data: no labels
+        return
+    redo = "prepare the dataset again with --force"
+    if any(not str(n).strip() for n in class_names):
+        raise UserError(f"{directory}: its class list {class_names} holds an empty name (a sample without a label); fix the labels and {redo}")
+    labels = columns["label"]
+    outside = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
+    if outside.size:
+        i = int(outside[0])
+        raise UserError(
+            f"{directory}: manifest row {i} ({columns['id'][i]}) has label {int(labels[i])}, outside the {len(class_names)} classes "
+            f"{', '.join(class_names)} of info.json ({outside.size} such rows); the prepared files disagree: {redo}"
+        )
+    names = columns.get("label_name")
+    if names is not None:
+        wrong = np.flatnonzero(np.asarray(class_names, dtype=object)[labels] != names.astype(object))
+        if wrong.size:
+            i = int(wrong[0])
+            raise UserError(
+                f"{directory}: manifest row {i} ({columns['id'][i]}) has label {int(labels[i])} = {class_names[labels[i]]!r} but label_name "
+                f"{names[i]!r}, which is not that class ({wrong.size} such rows); the prepared files disagree: {redo}"
+            )
+
+
 def load_prepared(directory: Path, expected_classes: list[str] | None = None) -> DatasetBundle:
     """The bundle of one prepared resolution folder; images stay memory-mapped."""
     info = read_info(directory)
@@ -449,6 +480,7 @@ def load_prepared(directory: Path, expected_classes: list[str] | None = None) ->
     from_manifest = split_checksum({s: columns["id"][columns["split"] == s] for s in SPLIT_NAMES})
     if from_manifest != splits_doc["checksum"]:
         raise UserError(f"{directory}: the manifest's splits differ from {SPLITS_FILE}; prepare the dataset again with --force")
+    check_labels(directory, list(info["class_names"]), columns)
     meta_cols = [c for c in columns if c not in BASE_COLUMNS]
     source = f"prepared {directory.resolve()} (from {info.get('raw_root')}, {info.get('created_at')})"
     return _bundle_from(info["name"], info["task"], info["class_names"], images, columns, meta_cols, info.get("subgroups", []), source, splits_doc["checksum"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,6 +19,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medpeft_cli.errors import UserError
 
 _NAME = r"^[a-z0-9][a-z0-9_-]*$"
+MAX_NAME = 64  # a dataset name is a folder name (prepared/<name>/): well under any file system's limit
+NAME_RULE = f"lower-case letters, digits, '-' or '_', starting with a letter or digit, at most {MAX_NAME} characters"
+
+
+def valid_dataset_name(name: str) -> bool:
+    return len(name) <= MAX_NAME and re.match(_NAME, name) is not None
+
+
+def suggested_name(name: str) -> str:
+    """A valid dataset name close to `name` (lower-cased, other characters as '-', shortened)."""
+    text = re.sub(r"[^a-z0-9_-]+", "-", name.lower()).lstrip("-_")[:MAX_NAME].rstrip("-_")
+    return text or "my-data"
+
+
+def shown_name(name: str) -> str:
+    """`name` for a one-line message: a very long one is shortened, with its length."""
+    return repr(name) if len(name) <= 80 else f"{name[:40]!r}... ({len(name)} characters)"
+
+
+def check_dataset_name(name: str) -> None:
+    """One line when `name` cannot name a dataset of your own (the name of its folder under prepared/)."""
+    if not valid_dataset_name(name):
+        raise UserError(f"dataset name {shown_name(name)} must be {NAME_RULE}; e.g. {suggested_name(name)}")
 
 
 class _Strict(BaseModel):
@@ -251,4 +275,4 @@ def get_dataset_entry(name: str) -> DatasetEntry:
         if entry.name == name:
             return entry
     known = ", ".join(e.name for e in _packaged_registry().datasets)
-    raise UserError(f"unknown dataset {name!r}; known datasets: {known} (see datasets.yaml)")
+    raise UserError(f"unknown dataset {shown_name(name)}; known datasets: {known} (see datasets.yaml)")

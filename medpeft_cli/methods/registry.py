@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medpeft_cli.errors import UserError
+from medpeft_cli.numbers import bool_message, bool_number_fields
 
 if TYPE_CHECKING:
     from torch import nn
@@ -138,13 +139,16 @@ def registered() -> list[MethodInfo]:
 
 def validate_options(info: MethodInfo, options: dict[str, Any]) -> BaseModel:
     """The method's options model filled with defaults; a bad option is one clear line."""
+    known = ", ".join(info.options.model_fields) or "none"
+    flags = bool_number_fields(info.options, options)
+    if flags:  # pydantic would take True as 1 (rank: true -> rank 1)
+        raise UserError(f"invalid options for method {info.name!r}: {flags[0]}: {bool_message(options[flags[0]])} (its options: {known})")
     try:
         return info.options.model_validate(options)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {'unknown option' if e['type'] == 'extra_forbidden' else e['msg']}" for e in exc.errors()
         )
-        known = ", ".join(info.options.model_fields) or "none"
         raise UserError(f"invalid options for method {info.name!r}: {problems} (its options: {known})") from None
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from medpeft_cli.errors import UserError
 from medpeft_cli.models.builtin_models import BUILTINS
 from medpeft_cli.models.family import detect_family
+from medpeft_cli.models.input_size import check_input_size
 from medpeft_cli.models.sources import BUILTIN, CUSTOM, TIMM, TRANSFORMERS, parse_backbone
 
 __all__ = ["Backbone", "create_backbone", "describe_source", "detect_family", "shape_backbone"]
@@ -80,10 +81,12 @@ def create_backbone(
     model, info, described = module.build(source, weights, num_classes, image_size, seed, weights_prefix, key=weights_key, head=head)
     extra = module.provenance() if hasattr(module, "provenance") else {}
     model.eval()
+    family = detect_family(model)
+    check_input_size(model, family, image_size, name)
     return Backbone(
         model=model,
         name=name,
-        family=detect_family(model),
+        family=family,
         head_name=info.name,
         weights_source=described,
         num_params=sum(p.numel() for p in model.parameters()),
@@ -107,7 +110,9 @@ def shape_backbone(name: str, image_size: int, num_classes: int = 2, head: str |
         with torch.device("meta"):
             model, info = module.shape(source, num_classes, image_size, head=head)
     count = sum(p.numel() for p in model.parameters())
-    return Backbone(model, name, detect_family(model), info.name, "meta", count, "", source.kind, head_summary=info.summary())
+    family = detect_family(model)
+    check_input_size(model, family, image_size, name)
+    return Backbone(model, name, family, info.name, "meta", count, "", source.kind, head_summary=info.summary())
 
 
 def describe_source(name: str) -> str:

@@ -8,8 +8,8 @@
     path/to/models.py:factory                  custom: a function in a Python file that returns an nn.Module
     package.module:factory                     custom: a function in an importable module
 
-Torch-free: config.py hashes a custom factory's source file into the run key (`code_identity`), and the
-CLI parses specs before it decides to train.
+Torch-free: config.py hashes a custom factory's source file (`code_identity`) and a weights file
+(`weights_identity`) into the run key, and the CLI parses specs before it decides to train.
 """
 
 from __future__ import annotations
@@ -132,10 +132,44 @@ def code_identity(spec: str) -> str | None:
         return None
     source = _custom(text, match["target"], match["factory"])
     path = Path(source.target) if source.local else module_file(source.target)
-    stat = path.stat()
-    return _file_digest(str(path), stat.st_mtime_ns, stat.st_size)
+    return file_digest(path)
+
+
+NAMED_WEIGHTS = ("random", "pretrained", "pipeline")  # --weights values that name no file
+
+
+def weights_file(weights: str) -> Path:
+    """The file a `--weights` value other than random/pretrained names (absolute); a missing one is one line."""
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UserError(
+            f"weights {weights!r} not understood: it is neither 'random', 'pretrained' nor an existing file "
+            f"({path.resolve()} {'is a folder' if path.is_dir() else 'does not exist'}); pass a weights file (safetensors or torch checkpoint, any extension)"
+        )
+    return path.resolve()
+
+
+def weights_identity(weights: str) -> str | None:
+    """`sha256:<hex>` of the weights file `weights` names (None for random/pretrained/pipeline).
+
+    Part of the run key in place of the path: what was loaded, not where it came from. A changed file at
+    the same path is a new run; the same file at another path is the same run.
+    """
+    if weights in NAMED_WEIGHTS:
+        return None
+    return file_digest(weights_file(weights))
+
+
+def file_digest(path: Path) -> str:
+    """`sha256:<hex>` of a file, hashed once per content: cached by path, size, mtime, ctime and inode."""
+    stat = Path(path).stat()
+    return _file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
 
 
 @lru_cache(maxsize=64)
-def _file_digest(path: str, mtime_ns: int, size: int) -> str:  # mtime/size: a changed file is hashed again
-    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def _file_digest(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:  # any change: hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()

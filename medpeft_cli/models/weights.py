@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from medpeft_cli.errors import UserError
+from medpeft_cli.models.sources import weights_file
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "network")
 AUTO_PREFIXES = ("module.", "model.", "backbone.", "encoder.")
@@ -42,13 +43,7 @@ def file_sha256(path: Path) -> str:
 
 def weights_path(weights: str) -> Path:
     """The file a `weights` value other than random/pretrained names; a missing one is one line."""
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise UserError(
-            f"weights {weights!r} not understood: it is neither 'random', 'pretrained' nor an existing file "
-            f"({path.resolve()} {'is a folder' if path.is_dir() else 'does not exist'}); pass a weights file (safetensors or torch checkpoint, any extension)"
-        )
-    return path.resolve()
+    return weights_file(weights)
 
 
 def file_format(path: Path) -> str:

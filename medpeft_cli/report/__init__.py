@@ -15,6 +15,8 @@ filtering; every page reads the same without it):
     runs/<xx>.html#<run_key>  one run: spec, provenance, metrics, curves, confusion matrix, files
                               (records grouped by key hash; static/run.js draws them)
     downloads.html            results.csv / .json / .parquet and summary.csv
+    reproduction/<source>.html  published results of one source against the measured cells
+    releases/<name>/          copies of the immutable releases (`medpeft report --release NAME`)
 """
 
 from __future__ import annotations
@@ -41,16 +43,19 @@ def build_site(
     methods: Methods = None,
     runs_dir: str | Path | None = None,
     base_url: str | None = None,
+    references: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Render the site for `rows` into `out_dir`; returns the path of index.html.
 
     `methods`: method metadata (name, kind, families, cite, summary, default_lr), as the CLI reads
     it from the method registry; `runs_dir`: where run directories are (optional: confusion matrices,
     samples and files); `base_url`: where the site will be published (canonical links, sitemap);
+    `references`: published results shown beside the measured cells and on reproduction pages
+    (rows of the reference_results table, medpeft_cli/reference/).
     """
     return render_site(
         rows, out_dir, title=title, db_label=db_label, generated_at=generated_at, methods=methods, runs_dir=runs_dir,
-        base_url=base_url,
+        base_url=base_url, references=references,
     )  # fmt: skip
 
 
@@ -63,7 +68,8 @@ def build_site_from_db(
     runs_dir: str | Path | None = None,
     base_url: str | None = None,
 ) -> Path:
-    """Render the site for every row of the DuckDB results store at `db_path`."""
-    from medpeft_cli.store.results import query
+    """Render the site for every row of the DuckDB results store at `db_path`, with the published results
+    stored there and links to the releases under releases/ (report/publish.py)."""
+    from medpeft_cli.report.publish import build_from_store
 
-    return build_site(query(db_path), out_dir, title=title, db_label=str(db_path), methods=methods, runs_dir=runs_dir, base_url=base_url)
+    return build_from_store(db_path, out_dir, title, methods=methods, runs_dir=runs_dir, base_url=base_url).index

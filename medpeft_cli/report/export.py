@@ -8,6 +8,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from medpeft_cli import duck
 from medpeft_cli.report.overview import View
 from medpeft_cli.report.rowjson import plain
 
@@ -47,10 +48,8 @@ def _literal(text: str | Path) -> str:
 
 
 def _copy_json(json_path: Path, types: dict[str, str], parquet_path: Path, csv_path: Path | None) -> None:
-    import duckdb
-
     spec = "{" + ", ".join(f"{_literal(n)}: {_literal(t)}" for n, t in types.items()) + "}"
-    con = duckdb.connect()
+    con = duck.connect()
     try:
         con.execute(
             # maximum_object_size bounds one row, and DuckDB allocates twice it up front: 1 GiB made a report

@@ -30,9 +30,11 @@ def _value(x: Any, kind: str) -> str:
     return text if type(x) in _PLAIN else escape(text, quote=True)
 
 
-def estimate_cell(cell: Any, metric: Any, best: bool = False, rank: float | None = None, dataset: Any = ..., root: str = "") -> str:
+def estimate_cell(cell: Any, metric: Any, best: bool = False, rank: float | None = None, dataset: Any = ..., root: str = "", published: Any = None) -> str:
     """A <td> with mean ± CI half-width and n; `dataset` (when given) makes it a filterable column cell.
-    A cell of a single run links to that run's page (`root`: the page's path to the site root)."""
+    A cell of a single run links to that run's page (`root`: the page's path to the site root).
+    `published`: published rows for this cell (report/published.py), shown under the measured value,
+    labelled with their source; they change nothing else of the cell (its sort value stays the mean)."""
     stat = cell.stats.get(metric.name) if cell is not None else None
     attrs = ' class="num best"' if best else ' class="num"'
     if dataset is not ...:
@@ -52,7 +54,16 @@ def estimate_cell(cell: Any, metric: Any, best: bool = False, rank: float | None
     text += f'<span class="n">{stat.n}</span>'
     if cell.n_settings > 1:
         text += f'<span class="setting" title="{esc(cell.setting_note)}">⚙</span>'
+    for ref in published or ():
+        text += _published_mark(ref)
     return f'<td{attrs} data-v="{sort_value(stat.mean)}" title="{esc(tip)}">{text}</td>'
+
+
+def _published_mark(ref: Any) -> str:
+    """A published value under a measured one: its source visible, the details on hover."""
+    pm = f" ± {ref['plus_minus']}" if ref.get("plus_minus") else ""
+    tip = f"published in {ref['source']}, {ref['ref_table']}: {ref['value_text']}{pm} as printed; not part of any mean, rank or test"
+    return f'<span class="published" title="{esc(tip)}">{esc(ref["source"])}: {esc(ref["value_text"])}</span>'
 
 
 def _vs_control_cell(row: Any, metric: Any, control: str, has_control: bool) -> str:
@@ -69,8 +80,8 @@ def _vs_control_cell(row: Any, metric: Any, control: str, has_control: bool) -> 
     return f'<td class="text sig {css}" data-v="{sort_value(median)}" title="{esc(tip)}">{esc(text)}</td>'
 
 
-def overview_row(row: Any, view: Any, control: str, has_control: bool, method_href: str) -> Markup:
-    """One method's row of an overview table view."""
+def overview_row(row: Any, view: Any, control: str, has_control: bool, method_href: str, published: Any = None) -> Markup:
+    """One method's row of an overview table view; `published`: {(method, dataset): published rows} of the view."""
     metric, board = view.metric, view.board
     incomplete = "" if row.complete else f' <span class="incomplete" title="results on {row.n_datasets} of {view.n_datasets} datasets">†</span>'
     trainable, pct = row.trainable, row.trainable_pct
@@ -82,7 +93,8 @@ def overview_row(row: Any, view: Any, control: str, has_control: bool, method_hr
         f'<td class="num" data-v="{sort_value(pct[1]) if pct else ""}">{esc(span(pct, "percent"))}</td>',
     ]
     for j, cell in enumerate(row.cells):
-        parts.append(estimate_cell(cell, metric, row.best[j], row.ranks[j], board.datasets[j]))
+        marks = published.get((row.method, board.datasets[j])) if published else None
+        parts.append(estimate_cell(cell, metric, row.best[j], row.ranks[j], board.datasets[j], published=marks))
     parts.append(f'<td class="num" data-v="{sort_value(row.avg)}">{decimals(row.avg, metric.decimals)}</td>')
     parts.append(f'<td class="num" data-v="{sort_value(row.avg_rank)}">{decimals(row.avg_rank, 2)}</td>')
     parts.append(_vs_control_cell(row, metric, control, has_control))

@@ -21,6 +21,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 import medpeft_cli.report.export as export
 import medpeft_cli.report.fragments as fragments
 import medpeft_cli.report.pages as pages
+import medpeft_cli.report.published as published
 import medpeft_cli.report.runfiles as runfiles
 from medpeft_cli import __version__
 from medpeft_cli.errors import UserError
@@ -38,6 +39,7 @@ from medpeft_cli.report.formatting import (
 )
 from medpeft_cli.report.keys import page_name, slug, unique_by_key
 from medpeft_cli.report.overview import build_views
+from medpeft_cli.report.release import copy_releases
 from medpeft_cli.report.runpage import METRICS_LAYOUT, run_href, shard, shard_records
 from medpeft_cli.report.runs import Run, make_run
 from medpeft_cli.report.significance import analyse_boards
@@ -115,8 +117,10 @@ class SiteBuilder:
     forked second process writes the first half while this one aggregates and writes the second.
     """
 
-    def __init__(self, runs: list[Run], catalog: Catalog, env: Environment, common: dict[str, Any], runs_dir: Path | None, rows: list[dict[str, Any]]):
+    def __init__(self, runs: list[Run], catalog: Catalog, env: Environment, common: dict[str, Any], runs_dir: Path | None, rows: list[dict[str, Any]],
+                 references: list[dict[str, Any]] | None = None, releases: list[dict[str, Any]] | None = None):  # fmt: skip
         self.runs, self.catalog, self.env, self.common, self.runs_dir, self.rows = runs, catalog, env, common, runs_dir, rows
+        self.references, self.releases = references or [], releases or []  # published results (report/published.py), releases to link
         self.data: pages.SiteData | None = None
         self.pages: list[str] = []
         self.timings: dict[str, float] = {}  # seconds per phase, for benchmarks/site_build.py
@@ -130,8 +134,9 @@ class SiteBuilder:
     def build(self, tmp: Path) -> None:
         start = time.perf_counter()
         shutil.copytree(static_dir(), tmp / "static")
-        for folder in ("runs", "datasets", "methods"):
+        for folder in ("runs", "datasets", "methods", "reproduction"):
             (tmp / folder).mkdir()
+        copy_releases(self.releases, tmp)
         if len(self.runs) >= PARALLEL_MIN_RUNS and "fork" in multiprocessing.get_all_start_methods():
             global _JOB
             _JOB = (self, tmp)
@@ -163,8 +168,13 @@ class SiteBuilder:
         boards = build_boards(self.runs)
         views = build_views(boards, self.catalog)
         data = self.data = pages.SiteData(self.runs, boards, views, analyse_boards(views), self.catalog)
+        comparisons = published.compare(self.references, boards)
+        sources = published.source_summaries(comparisons)
         start = self._lap("aggregation and statistics", start)
-        self.page(tmp, "index.html", "index.html.j2", pages.index_context(data))
+        extra = {"published_cells": published.cell_marks(comparisons), "sources": sources, "releases": self.releases}
+        self.page(tmp, "index.html", "index.html.j2", {**pages.index_context(data), **extra})
+        for summary in sources:
+            self.page(tmp, summary["href"], "reproduction.html.j2", published.page_context(summary))
         self.page(tmp, "methods.html", "methods.html.j2", pages.methods_context(data))
         self.page(tmp, "significance.html", "significance.html.j2", pages.significance_context(data))
         for dataset in data.datasets:
@@ -217,10 +227,15 @@ def render_site(
     runs_dir: str | Path | None = None,
     base_url: str | None = None,
     timings: dict[str, float] | None = None,
+    references: list[dict[str, Any]] | None = None,
+    releases: list[dict[str, Any]] | None = None,
+    release: dict[str, Any] | None = None,
 ) -> Path:
     """Write the whole site into `out_dir` (replaced in one step); returns the path of index.html.
 
-    `timings`, when given, receives the seconds spent per phase.
+    `timings`, when given, receives the seconds spent per phase. `references`: published results to show
+    beside the measured cells (report/published.py); `releases`: releases to copy in and link
+    (report/release.py); `release`: this site is that release (name, created_at: a banner says so).
     """
     start = time.perf_counter()
     rows = unique_by_key(list(rows))
@@ -235,8 +250,9 @@ def render_site(
         "generated_at": when.strftime("%Y-%m-%d %H:%M UTC"),
         "medpeft_version": __version__,
         "base_url": base_url,
+        "release": release,
     }
-    builder = SiteBuilder(runs, catalog, _site_env(), common, Path(runs_dir) if runs_dir is not None else None, rows)
+    builder = SiteBuilder(runs, catalog, _site_env(), common, Path(runs_dir) if runs_dir is not None else None, rows, references, releases)
     site = write_site(out_dir, builder.build)
     if timings is not None:
         timings.update({"reading rows": parsed - start, **builder.timings, "total": time.perf_counter() - start})

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medpeft_cli.config import RunSpec
-from medpeft_cli.errors import Preempted, RunDiverged, UserError
+from medpeft_cli.errors import Preempted, RunDiverged, RunInterrupted, UserError
 from medpeft_cli.run.row import Clock, shared_fields
 from medpeft_cli.run.spec import resolve_run
 from medpeft_cli.run.task import Fitted, Prepared, Run
@@ -91,9 +91,12 @@ def _execute(run: Run, force: bool, resume: bool, report: Report, held: ExitStac
     if state is not None:
         checkpoint.check_matches(state, prepared.model)  # a mismatch is a user error, not a failed run
     control = Control(checkpoint, state, held.enter_context(StopFlag().on_signals()))
-    held.enter_context(failure_recorded(run.runs_dir, run.key, run.spec.key_fields(), passthrough=(Preempted, RunDiverged)))
-    fitted = run.task.fit(prepared, control)
-    metrics = None if fitted.diverged else run.task.evaluate(prepared, fitted)
+    held.enter_context(failure_recorded(run.runs_dir, run.key, run.spec.key_fields(), passthrough=(Preempted, RunDiverged), checkpoint=checkpoint.path))
+    try:
+        fitted = run.task.fit(prepared, control)
+        metrics = None if fitted.diverged else run.task.evaluate(prepared, fitted)
+    except KeyboardInterrupt as exc:  # Ctrl-C: the CLI's line names the checkpoint to continue from, if any
+        raise RunInterrupted(checkpoint.path) from exc
     if not main:
         return RunOutcome(run.key, FINISHED, run.run_dir, {})
     row = shared_fields(prepared, fitted, clock) | run.task.row_fields(prepared, fitted, metrics)

@@ -1,9 +1,14 @@
-"""The DuckDB results table: schema, append, query, rebuild.
+"""The DuckDB results table: schema, append, query (rebuild: store/rebuild.py, listing: store/listing.py).
 
 DuckDB allows one process to hold a database file at a time (even read-only opens conflict), so
 every operation opens, does one short transaction and closes, and retries while another process
 holds the lock. The run directories (`runs/<run_key>/result.json`) are the source of truth: the
 table can always be rebuilt from them, so a write that gives up loses nothing.
+
+Reading (query, has_run, check_database) opens the file read-only and never creates or changes a table;
+a file that is not a medpeft store (empty, SQLite, a DuckDB file without medpeft's `runs` table, or with
+an unrelated table of that name) is one line, for readers and writers alike. Connections come from
+medpeft_cli/duck.py (no extension is installed or loaded automatically).
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ from typing import Any
 
 import duckdb
 
+from medpeft_cli import duck
 from medpeft_cli.errors import UserError
-from medpeft_cli.store.rundir import check_writable_dir, iter_results
+from medpeft_cli.jsonsafe import finite
+from medpeft_cli.store.rundir import check_writable_dir
 
 TABLE = "runs"
+DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
 
 # Column name -> DuckDB type. New columns may be appended by later protocol versions; existing
 # databases gain them on open (ALTER TABLE ADD COLUMN), old rows read NULL there.
@@ -113,6 +121,9 @@ COLUMNS: dict[str, str] = {
     # run length and model selection (issue 15): optimizer steps run (epochs is the epochs run), the selected evaluation's step
     "train_steps": "INTEGER",
     "best_step": "INTEGER",
+    # runs merged from a result bundle (issue 19, `medpeft bundle import`): the bundle file's sha256 and who sent it
+    "bundle_sha256": "VARCHAR",
+    "submitter": "VARCHAR",
 }
 
 # How long a writer waits for another process's lock before giving up (seconds).
@@ -124,24 +135,36 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
-@contextmanager
-def _connect(db_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the database (creating it and the table if needed), retrying while it is locked."""
-    db_path = Path(db_path)
-    timeout_s = LOCK_TIMEOUT_S
+def check_duckdb_file(db_path: Path) -> None:
+    """One line when an existing --db file is not a DuckDB database: empty, SQLite, anything else. Read
+    before DuckDB opens it (DuckDB would try to download an extension for a SQLite file)."""
     try:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(db_path, "rb") as fh:
+            head = fh.read(16)
     except OSError as exc:
-        raise UserError(f"cannot create the results directory {db_path.parent}: {exc.strerror}; choose a writable --db path") from None
+        raise UserError(f"cannot read results database {db_path}: {exc.strerror}; pass another --db") from None
+    if not head:
+        what = "an empty file"
+    elif head.startswith(b"SQLite format 3\x00"):
+        what = "a SQLite database"
+    elif head[8:12] != DUCKDB_MAGIC:
+        what = "its first bytes are not DuckDB's"
+    else:
+        return
+    raise UserError(f"{db_path} is not a readable DuckDB database ({what}), so not a medpeft results store; pass the --db that medpeft wrote, or move the file away")
+
+
+def _open(db_path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, retried while another process holds the file's lock."""
+    timeout_s = LOCK_TIMEOUT_S
     deadline = time.monotonic() + timeout_s
     delay = 0.02
     while True:
         try:
-            con = duckdb.connect(str(db_path))
-            break
+            return duck.connect(db_path, read_only=read_only)
         except duckdb.IOException as exc:
             if not _is_lock_error(exc):
-                raise UserError(f"cannot open results database {db_path}: {exc}; check the path is a DuckDB file you can write") from None
+                raise UserError(f"cannot open results database {db_path}: {str(exc).splitlines()[0]}; check the path is a DuckDB file you can {'read' if read_only else 'write'}") from None
             if time.monotonic() >= deadline:
                 raise UserError(
                     f"results database {db_path} stayed locked by another process for {timeout_s:.0f} s; "
@@ -150,21 +173,66 @@ def _connect(db_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 1.0)
         except duckdb.Error as exc:
-            raise UserError(f"{db_path} is not a readable DuckDB database ({exc}); move it away or pass another --db") from None
+            raise UserError(f"{db_path} is not a readable DuckDB database ({str(exc).splitlines()[0]}); move it away or pass another --db") from None
+
+
+@contextmanager
+def _connect(db_path: Path, read_only: bool = False, missing_table_ok: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the database, retrying while it is locked. Writing: create it and the table if needed (an
+    older medpeft table gains the new columns). `read_only`: never create or change anything, and refuse
+    a file that holds no medpeft table (unless `missing_table_ok`)."""
+    db_path = Path(db_path)
+    if read_only and not db_path.is_file():
+        raise UserError(f"no results database at {db_path}; run `medpeft train` first or pass --db")
+    if not read_only:
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the results directory {db_path.parent}: {exc.strerror}; choose a writable --db path") from None
+    if db_path.exists():
+        check_duckdb_file(db_path)
+    con = _open(db_path, read_only)
     try:
-        _ensure_schema(con)
+        present = _table_columns(con)
+        if present is not None and not _is_medpeft_table(present):
+            shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+            raise UserError(f"{db_path} holds a table `{TABLE}` that is not medpeft's (columns {shown}); pass the --db that medpeft wrote, or another path")
+        if read_only and present is None and not missing_table_ok:
+            raise UserError(f"{db_path} holds no medpeft results (no `{TABLE}` table); pass the --db that `medpeft train` wrote, or run `medpeft store rebuild`")
+        if not read_only:
+            _ensure_schema(con, present)
         yield con
     finally:
         con.close()
 
 
-def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    cols = ", ".join(f'"{name}" {sql_type}' for name, sql_type in COLUMNS.items())
-    con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({cols})")
-    present = {row[0] for row in con.execute(f"SELECT column_name FROM information_schema.columns WHERE table_name = '{TABLE}'").fetchall()}
+def _table_columns(con: duckdb.DuckDBPyConnection) -> list[str] | None:
+    """The columns of the results table in file order, or None when the database has no such table."""
+    names = [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND table_schema = 'main' ORDER BY ordinal_position", [TABLE]
+    ).fetchall()]  # fmt: skip
+    return names or None
+
+
+def _is_medpeft_table(columns: list[str]) -> bool:
+    """A table keyed by run_key whose columns are mostly medpeft's (an older or newer store too)."""
+    return "run_key" in columns and 2 * len(set(columns) & set(COLUMNS)) >= len(columns)
+
+
+def _ensure_schema(con: duckdb.DuckDBPyConnection, present: list[str] | None) -> None:
+    if present is None:
+        cols = ", ".join(f'"{name}" {sql_type}' for name, sql_type in COLUMNS.items())
+        con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({cols})")
+        return
     for name, sql_type in COLUMNS.items():
         if name not in present:
             con.execute(f'ALTER TABLE {TABLE} ADD COLUMN "{name}" {sql_type.replace(" PRIMARY KEY", "")}')
+
+
+def _select_all(present: list[str]) -> str:
+    """SELECT of every column, those an older store lacks as typed NULLs (so filters on them work)."""
+    missing = [f'CAST(NULL AS {COLUMNS[n].replace(" PRIMARY KEY", "")}) AS "{n}"' for n in COLUMNS if n not in present]
+    return f"SELECT * FROM (SELECT *{''.join(', ' + m for m in missing)} FROM {TABLE})"
 
 
 def _check_row(row: dict[str, Any]) -> None:
@@ -187,8 +255,10 @@ def _insert(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> bool:
 
 
 def append(db_path: str | Path, row: dict[str, Any], replace: bool = False) -> bool:
-    """Insert one finished run. Returns False when the run_key is already present (and not replaced)."""
+    """Insert one finished run. Returns False when the run_key is already present (and not replaced).
+    NaN/inf metrics are stored as NULL (as in result.json)."""
     _check_row(row)
+    row = {k: finite(v) for k, v in row.items()}
     with _connect(Path(db_path)) as con:
         con.execute("BEGIN TRANSACTION")
         if replace:
@@ -199,11 +269,14 @@ def append(db_path: str | Path, row: dict[str, Any], replace: bool = False) -> b
 
 
 def check_database(db_path: str | Path) -> None:
-    """Fail before a run trains if its row could not be stored: a file that is not a DuckDB database,
-    one locked beyond the retry budget, or a directory that cannot be created. Creates nothing."""
+    """Fail before a run trains if its row could not be stored: a file that is not a medpeft DuckDB
+    store, one locked beyond the retry budget, or a directory that cannot be created. Creates and
+    changes nothing."""
     db_path = Path(db_path)
     if db_path.exists():
-        with _connect(db_path):
+        if db_path.is_dir():
+            raise UserError(f"{db_path} is a directory; pass --db the path of a DuckDB file")
+        with _connect(db_path, read_only=True, missing_table_ok=True):
             pass
     else:
         check_writable_dir(db_path.parent, "--db")
@@ -212,39 +285,17 @@ def check_database(db_path: str | Path) -> None:
 def has_run(db_path: str | Path, run_key: str) -> bool:
     if not Path(db_path).exists():
         return False
-    with _connect(Path(db_path)) as con:
+    with _connect(Path(db_path), read_only=True, missing_table_ok=True) as con:
+        if _table_columns(con) is None:
+            return False
         return con.execute(f"SELECT count(*) FROM {TABLE} WHERE run_key = ?", [run_key]).fetchone()[0] > 0
 
 
 def query(db_path: str | Path, where: str = "", params: list[Any] | None = None) -> list[dict[str, Any]]:
-    """All rows (optionally filtered by a SQL `where` clause with `?` params) as dicts, oldest first."""
-    db_path = Path(db_path)
-    if not db_path.exists():
-        raise UserError(f"no results database at {db_path}; run `medpeft train` first or pass --db")
-    with _connect(db_path) as con:
-        sql = f"SELECT * FROM {TABLE}" + (f" WHERE {where}" if where else "") + " ORDER BY finished_at, run_key"
+    """All rows (optionally filtered by a SQL `where` clause with `?` params) as dicts with every column
+    of COLUMNS, oldest first. Opens the file read-only: reading never creates or changes a table."""
+    with _connect(Path(db_path), read_only=True) as con:
+        sql = _select_all(_table_columns(con) or []) + (f" WHERE {where}" if where else "") + " ORDER BY finished_at, run_key"
         cur = con.execute(sql, params or [])
         names = [d[0] for d in cur.description]
         return [dict(zip(names, values)) for values in cur.fetchall()]
-
-
-def rebuild(db_path: str | Path, runs_dir: str | Path) -> int:
-    """Recreate the table from `runs_dir/*/result.json`; returns the number of rows written.
-
-    The new database is written beside the old one and renamed over it, so a failure half way
-    leaves the old database as it was.
-    """
-    db_path = Path(db_path)
-    rows = [{k: v for k, v in row.items() if k in COLUMNS} for row in iter_results(Path(runs_dir))]
-    tmp = db_path.with_name(db_path.name + ".rebuild-tmp")
-    tmp.unlink(missing_ok=True)
-    with _connect(tmp) as con:
-        con.execute("BEGIN TRANSACTION")
-        for row in rows:
-            _check_row(row)
-            _insert(con, row)
-        con.execute("COMMIT")
-    tmp.replace(db_path)
-    Path(str(tmp) + ".wal").unlink(missing_ok=True)
-    return len(rows)
-

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medpeft_cli.errors import UserError
+from medpeft_cli.jsonsafe import finite
 
 RESULT_FILE = "result.json"
 FAILED_DIR = ".failed"  # runs/.failed/<run_key>/status.json: why the last attempt of a key crashed
@@ -42,6 +43,9 @@ def write_run_dir(runs_dir: Path, run_key: str, fill: Callable[[Path], dict[str,
         tmp.mkdir()
         row = fill(tmp)
         write_json(tmp / RESULT_FILE, row)
+        mask = current_umask()
+        for path in tmp.rglob("*"):  # some writers (safetensors) create files 0600: follow the umask like the rest
+            follow_umask(path, mask)
         if final.exists():
             if not replace:
                 raise UserError(f"run directory {final} already exists; pass --force to replace it")
@@ -59,11 +63,31 @@ def write_run_dir(runs_dir: Path, run_key: str, fill: Callable[[Path], dict[str,
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON with sorted keys (stable, diff-friendly), flushed to disk."""
+    """Write JSON with sorted keys (stable, diff-friendly), flushed to disk; NaN/inf are written as null."""
     with open(path, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        json.dump(finite(data), fh, indent=2, sort_keys=True, default=str, allow_nan=False)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path, mask: int | None = None) -> None:
+    """Give `path` the mode a plain open() would (files 0666, folders 0777, minus the umask)."""
+    path = Path(path)
+    if not path.is_symlink():
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~(current_umask() if mask is None else mask))
 
 
 def read_result(run_dir: Path) -> dict[str, Any]:
@@ -74,21 +98,6 @@ def read_result(run_dir: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON ({exc.msg}); the run directory is damaged") from None
-
-
-def iter_results(runs_dir: Path) -> Iterator[dict[str, Any]]:
-    """The stored row (result.json) of every finished run under runs_dir; temporary and damaged
-    directories are skipped."""
-    if not runs_dir.is_dir():
-        raise UserError(f"runs directory {runs_dir} does not exist; pass --runs-dir")
-    for path in sorted(runs_dir.glob(f"*/{RESULT_FILE}")):
-        if path.parent.name.startswith("."):
-            continue
-        try:
-            row = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        yield row
 
 
 def check_writable_dir(path: Path, option: str) -> None:
@@ -110,12 +119,15 @@ def failed_dir(runs_dir: Path, run_key: str) -> Path:
 
 
 @contextmanager
-def failure_recorded(runs_dir: Path, run_key: str, spec: dict[str, Any], passthrough: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
-    """Record a crash of the block in `runs/.failed/<run_key>/status.json` (status, error, traceback).
+def failure_recorded(
+    runs_dir: Path, run_key: str, spec: dict[str, Any], passthrough: tuple[type[BaseException], ...] = (), checkpoint: Path | None = None
+) -> Iterator[None]:
+    """Record a crash of the block in `runs/.failed/<run_key>/status.json` (status, error, traceback, advice).
 
     The run's row and directory are never written for a crashed run; the status file says what
-    happened. Exceptions in `passthrough` (a clean stop, a recorded divergence) are not failures; they
-    and a success remove an earlier attempt's status file.
+    happened, and advises --resume only when `checkpoint` (the run's checkpoint file) exists by then.
+    Exceptions in `passthrough` (a clean stop, a recorded divergence) are not failures; they and a
+    success remove an earlier attempt's status file.
     """
     target = failed_dir(runs_dir, run_key)
     try:
@@ -124,6 +136,7 @@ def failure_recorded(runs_dir: Path, run_key: str, spec: dict[str, Any], passthr
         _clear(target)
         raise
     except Exception as exc:
+        saved = checkpoint is not None and Path(checkpoint).is_file()
         status = {
             "run_key": run_key,
             "status": "failed",
@@ -131,7 +144,9 @@ def failure_recorded(runs_dir: Path, run_key: str, spec: dict[str, Any], passthr
             "traceback": traceback.format_exc(),
             "failed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "spec": spec,
-            "resume": "rerun the same command with --resume to continue from the last checkpoint (runs/.partial/<run_key>/)",
+            "checkpoint": str(checkpoint) if saved else None,
+            "resume": f"rerun the same command with --resume to continue from the last checkpoint ({checkpoint})" if saved
+            else "no checkpoint was saved before the crash: rerun the same command (without --resume) to start the run again",
         }
         try:  # best effort: the disk may be what failed
             target.mkdir(parents=True, exist_ok=True)

@@ -10,13 +10,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
+from medpeft_cli.console import err, new_table, out
 from medpeft_cli.errors import UserError
-
-# soft_wrap: one run per line, unbroken, in logs (Slurm, CI) as on a terminal
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 sweep_app = typer.Typer(
     help="Grids of runs: plan a manifest, run what is missing here, or as a Slurm job array.", no_args_is_help=True
@@ -71,14 +67,10 @@ def sweep_plan(
 
 
 def _show(manifest) -> None:
-    from rich.table import Table
-
     from medpeft_cli.sweep.manifest import Resolver
 
     resolver = Resolver(manifest)
-    table = Table(title_justify="left")
-    for column in ("#", "run key", "status", "method", "backbone", "dataset", "fraction", "seed", "lr"):
-        table.add_column(column, no_wrap=column in ("run key", "status"))
+    table = new_table("#", "run key", "status", "method", "backbone", "dataset", "fraction", "seed", "lr", right=("#", "fraction", "seed"))
     for entry in manifest.entries:
         ready = resolver.ready(entry)
         spec = entry.spec
@@ -249,8 +241,6 @@ def sweep_status_command(
     """How many runs of a grid are done / running / requeued / pending / failed / diverged / waiting, and why each failed one failed."""
     import json
 
-    from rich.table import Table
-
     from medpeft_cli.sweep.manifest import is_manifest_file, plan, read_manifest
     from medpeft_cli.sweep.status import STATES, sweep_status
 
@@ -261,9 +251,7 @@ def sweep_status_command(
         out.print_json(json.dumps(state.to_json()))
         return
     counts = state.counts()
-    table = Table(title=f"sweep {manifest.name}: {len(state.runs)} runs (Slurm: {state.slurm})", title_justify="left")
-    for name in STATES:
-        table.add_column(name, justify="right")
+    table = new_table(*STATES, title=f"sweep {manifest.name}: {len(state.runs)} runs (Slurm: {state.slurm})", right=STATES)
     table.add_row(*(str(counts[name]) for name in STATES))
     out.print(table)
     for study in state.studies:
@@ -283,8 +271,6 @@ def tune(
     fail_running: Annotated[bool, typer.Option("--fail-running", help="Mark the studies' RUNNING trials as failed (their workers were killed) and exit.")] = False,
 ) -> None:
     """Tune the learning rate of every (method, backbone, dataset) the grid marks `lr: tuned` (Optuna, validation split)."""
-    from rich.table import Table
-
     from medpeft_cli.sweep.local import interrupt_on_sigterm
     from medpeft_cli.sweep.manifest import load_plan
     from medpeft_cli.sweep.tune import describe, fail_running_trials, run_study
@@ -303,9 +289,7 @@ def tune(
             out.print(f"{g.study}: {fail_running_trials(storage, g)} running trial(s) marked failed")
         return
     interrupt_on_sigterm()
-    table = Table(title=f"tuned learning rates ({storage})", title_justify="left")
-    for column in ("study", "lr", "trials", "val macro-F1"):
-        table.add_column(column)
+    table = new_table("study", "lr", "trials", "val macro-F1", title=f"tuned learning rates ({storage})")
     for g in groups:
         err.print(f"study {g.study}: {g.trials} trials, lr {g.lr_min:g}-{g.lr_max:g}, pruner {g.pruner}")
         info = describe(run_study(storage, g, worker=worker, echo=err.print), g, storage)

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from medpeft_cli.config import RunSpec, TrainOptions, format_validation_error, load_yaml, run_key, set_path
 from medpeft_cli.errors import UserError
+from medpeft_cli.numbers import NoBoolNumbers
 
 TUNED = "tuned"
 GENERATORS = ("range", "linspace", "logspace")
@@ -39,7 +40,7 @@ _TRAIN_FIELDS = tuple(TrainOptions.model_fields)
 _TOP_FIELDS = tuple(f for f in RunSpec.model_fields if f != "output")
 
 
-class TuneSettings(BaseModel):
+class TuneSettings(NoBoolNumbers):
     """How learning rates are tuned (the study's protocol: Optuna on the validation split)."""
 
     model_config = ConfigDict(extra="forbid")

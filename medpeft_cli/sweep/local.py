@@ -10,6 +10,7 @@ code of the worst (failed: 2, diverged: 3; errors.py).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medpeft_cli.config import RunSpec
-from medpeft_cli.errors import DIVERGED_EXIT_CODE, PREEMPTED_EXIT_CODE, MedpeftError, Preempted, RunDiverged, UserError
+from medpeft_cli.errors import DIVERGED_EXIT_CODE, PREEMPTED_EXIT_CODE, MedpeftError, Preempted, RunDiverged, RunInterrupted, UserError
 from medpeft_cli.run.task import headline
 from medpeft_cli.store import RESULT_FILE
 from medpeft_cli.sweep.manifest import Manifest, ReadyRun, Resolver, read_manifest, status
@@ -40,12 +41,16 @@ def interrupt_on_sigterm() -> None:
 
 
 @contextmanager
-def resume_hint(hint: str) -> Iterator[None]:
-    """How to continue after a stop signal, for commands that resume differently than `medpeft train --resume`."""
+def resume_hint(hint: str, again: str = "rerun the same command") -> Iterator[None]:
+    """How to continue after a stop signal (`hint`) or Ctrl-C (`again`, when a checkpoint was written),
+    for commands that resume differently than `medpeft train --resume`."""
     try:
         yield
     except Preempted as exc:
         exc.hint = hint
+        raise
+    except RunInterrupted as exc:
+        exc.again = again
         raise
 
 
@@ -138,7 +143,7 @@ def _run_here(ready: ReadyRun, force: bool, progress, log: Path) -> tuple[str, s
     from medpeft_cli.run import train
 
     try:
-        with resume_hint("checkpoint saved: run the same `medpeft sweep run` again to continue"):
+        with resume_hint("checkpoint saved: run the same `medpeft sweep run` again to continue", "run the same `medpeft sweep run` again"):
             train(ready.spec, force=force, progress=progress, lr_origin=ready.lr_origin)
     except Preempted:
         raise  # a stop signal stops the sweep (the run is checkpointed), not just this run
@@ -152,11 +157,21 @@ def _run_here(ready: ReadyRun, force: bool, progress, log: Path) -> tuple[str, s
     return FINISHED, ""
 
 
-def _run_subprocess(ready: ReadyRun, manifest_path: Path, force: bool, log: Path) -> tuple[str, str]:
+def thread_share(concurrent: int) -> dict[str, str]:
+    """Environment for one of `concurrent` runs at once: its share of the CPU cores as torch's intra-op
+    threads, so N runs do not each start one thread per core and slow each other down (a user's own
+    OMP_NUM_THREADS wins)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // concurrent))}
+
+
+def _run_subprocess(ready: ReadyRun, manifest_path: Path, force: bool, log: Path, concurrent: int) -> tuple[str, str]:
     """Run as `medpeft sweep run-one` (its output in `log`): (state, detail) from its exit code."""
     cmd = [sys.executable, "-m", "medpeft_cli", "sweep", "run-one", str(manifest_path), "--index", str(ready.index)]
+    env = {**os.environ, **thread_share(concurrent)}
     with open(log, "w", encoding="utf-8") as fh:
-        code = subprocess.run([*cmd, *(["--force"] if force else [])], stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+        code = subprocess.run([*cmd, *(["--force"] if force else [])], stdout=fh, stderr=subprocess.STDOUT, env=env, check=False).returncode
     if code == 0:
         return FINISHED, ""
     if code == DIVERGED_EXIT_CODE:
@@ -219,7 +234,7 @@ def run_sweep(
 
     def subprocess_(ready: ReadyRun) -> tuple[ReadyRun, float, str, str]:
         start = time.perf_counter()
-        state, detail = _run_subprocess(ready, manifest_path, force, log_dir / f"{ready.index}.log")
+        state, detail = _run_subprocess(ready, manifest_path, force, log_dir / f"{ready.index}.log", concurrent)
         return ready, time.perf_counter() - start, state, detail
 
     if concurrent <= 1:

@@ -149,6 +149,8 @@ def _task_body(command: str, what: str) -> list[str]:
     codes = "|".join(map(str, REQUEUE_CODES))
     return [
         'INDEX="${SLURM_ARRAY_TASK_ID:?not a Slurm array task: submit with sbatch (or set SLURM_ARRAY_TASK_ID to run one index by hand)}"',
+        '# torch starts one thread per core of the node, not of the task: give it the cores Slurm allotted',
+        'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"',
         'child=""',
         f'say() {{ echo "medpeft: $(date -u +%FT%TZ) {what} task ${{INDEX}} $*" >&2; }}',
         "finish() {  # how the task ended, in the exit codes of medpeft_cli/errors.py (docs/reliability.md)",

@@ -69,14 +69,42 @@ def prepare_for_adapter(model: nn.Module, adapter: Path) -> None:
         split_fused_qkv(model)
 
 
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # peft's weights file (safetensors since peft 0.7)
+
+
+def check_saved_weights(run_dir: Path, peft_owned: bool) -> Path:
+    """The run's saved weights file, checked before anything is built: present, not empty, a readable
+    safetensors header (peft-owned: adapter_config.json and the adapter's weights). One line otherwise."""
+    run_dir = Path(run_dir)
+    if peft_owned:
+        adapter = run_dir / ADAPTER_DIR
+        if not (adapter / "adapter_config.json").is_file():
+            raise UserError(f"{run_dir} has no peft adapter ({adapter}/adapter_config.json missing); the run directory is incomplete: rerun the run with --force")
+        path = next((adapter / n for n in ADAPTER_WEIGHTS if (adapter / n).is_file()), adapter / ADAPTER_WEIGHTS[0])
+    else:
+        path = run_dir / TRAINABLE_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no {path.relative_to(run_dir)}; the run directory is incomplete: rerun the run with --force")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty; the run directory is damaged: rerun the run with --force")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                fh.keys()
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise UserError(f"{path} is not a valid safetensors file ({str(exc)[:120]}); the run directory is damaged: rerun the run with --force") from None
+    return path
+
+
 def load_weights(model: nn.Module, run_dir: Path, peft_owned: bool) -> nn.Module:
     """Load a run's saved weights into `model` (the fresh backbone, method already applied unless peft-owned)."""
+    check_saved_weights(run_dir, peft_owned)
     if peft_owned:
         from peft import PeftModel
 
         adapter = run_dir / ADAPTER_DIR
-        if not (adapter / "adapter_config.json").is_file():
-            raise UserError(f"{run_dir} has no peft adapter ({adapter}/adapter_config.json missing); the run directory is incomplete")
         prepare_for_adapter(model, adapter)
         with warnings.catch_warnings():
             # peft's LN tuning asks norm layers for in/out features they do not have; harmless.
@@ -90,12 +118,10 @@ def load_weights(model: nn.Module, run_dir: Path, peft_owned: bool) -> nn.Module
             base.load_state_dict(stats, strict=False)
         return loaded
     path = run_dir / TRAINABLE_FILE
-    if not path.is_file():
-        raise UserError(f"{run_dir} has no {TRAINABLE_FILE}; the run directory is incomplete")
     try:
         state = load_file(str(path))
     except Exception as exc:
-        raise UserError(f"{path} is not a valid safetensors file ({exc}); the run directory is damaged") from None
+        raise UserError(f"{path} is not a valid safetensors file ({str(exc)[:120]}); the run directory is damaged") from None
     expected = set(trainable_state(model))
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:

@@ -10,19 +10,33 @@ class EpochProgress:
     """Shows a bar per epoch (images done, last loss, throughput) when stderr is a terminal.
 
     When it is not (Slurm logs, CI) only one summary line per epoch is printed; `quiet` prints nothing.
+    `banner` (what is being trained) is printed before the first output, so a run refused while it
+    loads shows only its error line.
     """
 
-    def __init__(self, console: Console, quiet: bool = False):
+    def __init__(self, console: Console, quiet: bool = False, banner: str | None = None):
         self.console = console
         self.quiet = quiet
+        self.banner = None if quiet else banner
         self.bars = console.is_terminal and not quiet
         self._progress: Progress | None = None
         self._task = None
         self._epochs = 0
         self._f1 = "-"
 
+    def log(self, line: str) -> None:
+        if not self.quiet:
+            self._announce()
+            self.console.print(line, highlight=False, markup=False)
+
+    def _announce(self) -> None:
+        if self.banner is not None:
+            self.console.print(self.banner, highlight=False, markup=False)
+            self.banner = None
+
     def start(self, epochs: int, images_per_epoch: int) -> None:
         self._epochs = epochs
+        self._announce()
         if not self.bars:
             return
         self._progress = Progress(
@@ -55,7 +69,7 @@ class EpochProgress:
                     "train", total=total, epoch=record["epoch"] + 1, epochs=self._epochs, loss=f"{record['train_loss']:.4f}", f1=self._f1, speed="",
                 )  # fmt: skip
         elif not self.quiet:
-            self.console.print(line, highlight=False)
+            self.console.print(line, highlight=False, markup=False)
 
     def evaluated(self, record: dict, line: str) -> None:
         """An evaluation inside an epoch (train.eval_every_steps / evals_per_run): one line; the bar shows its F1."""
@@ -63,7 +77,7 @@ class EpochProgress:
             self._f1 = f"{record['val_macro_f1']:.3f}"
             self._progress.update(self._task, f1=self._f1)
         if not self.quiet:
-            self.console.print(line, highlight=False)
+            self.console.print(line, highlight=False, markup=False)
 
     def stop(self) -> None:
         if self._progress is not None:
@@ -88,8 +102,13 @@ class Report:
         return self.main and self.progress is not None
 
     def log(self, line: str) -> None:
+        if not self._on:
+            return
+        if hasattr(self.progress, "log"):
+            self.progress.log(line)
+            return
         console = getattr(self.progress, "console", None)
-        if self._on and console is not None and not getattr(self.progress, "quiet", False):
+        if console is not None and not getattr(self.progress, "quiet", False):
             console.print(line, highlight=False)
 
     def start(self, epochs: int, images_per_epoch: int) -> None:

@@ -8,12 +8,12 @@ imported inside the functions (the task registry loads this module to resolve sp
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medpeft_cli import jsonsafe
 from medpeft_cli.config import RunSpec
 from medpeft_cli.errors import UserError
 from medpeft_cli.methods import check_supported, validate_options
@@ -250,9 +250,9 @@ class ClassificationTask:
             "epochs": result.epochs,  # as run: with train.steps, derived from the steps (the spec's epochs are unused)
             "train_steps": result.steps,
             "num_classes": data.num_classes,
-            "class_names_json": json.dumps(data.class_names),
-            "per_class_f1_json": json.dumps(test["per_class_f1"]) if metrics else None,
-            "metrics_json": json.dumps({"val": result.val_metrics, "test": test, "history": result.history, "test_subgroups": subgroups}),
+            "class_names_json": jsonsafe.dumps(data.class_names),
+            "per_class_f1_json": jsonsafe.dumps(test["per_class_f1"]) if metrics else None,
+            "metrics_json": jsonsafe.dumps({"val": result.val_metrics, "test": test, "history": result.history, "test_subgroups": subgroups}),
             "worst_group_f1": subgroups["worst_group_f1"] if subgroups else None,
             "worst_group": subgroups["worst_group"] if subgroups else None,
             "group_gap": subgroups["group_gap"] if subgroups else None,
