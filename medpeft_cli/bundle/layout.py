@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from medpeft_cli.errors import UserError
+from medpeft_cli.hashing import file_sha256 as sha256_file
 
 FORMAT = "medpeft-bundle"
 VERSION = 1
@@ -64,13 +65,6 @@ def check_name(name: str) -> str | None:
         return f"entry {name!r} has an unsafe name"
     return None
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

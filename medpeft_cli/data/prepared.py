@@ -15,7 +15,6 @@ a temporary folder that is renamed into place only when complete: a failure leav
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ import numpy as np
 
 from medpeft_cli import duck
 from medpeft_cli.errors import UserError
+from medpeft_cli.hashing import file_sha256
 
 from .bundle import SPLIT_NAMES, DatasetBundle, Split
 from .checksum import dataset_checksum
@@ -215,11 +215,7 @@ def _assign_splits(name: str, table_records, labels: np.ndarray, spec: PrepareSp
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+    return "sha256:" + file_sha256(path)
 
 
 def _write_manifest(path: Path, columns: dict[str, np.ndarray]) -> None:

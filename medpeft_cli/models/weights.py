@@ -16,7 +16,6 @@ The row's weights_source says which file (its sha256), which key path and which 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from medpeft_cli.errors import UserError
+from medpeft_cli.hashing import file_sha256
 from medpeft_cli.models.sources import weights_file
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "network")
@@ -32,13 +32,6 @@ AUTO_PREFIXES = ("module.", "model.", "backbone.", "encoder.")
 SAFETENSORS, TORCH_ZIP, TORCH_PICKLE = "safetensors", "torch zip", "torch pickle"
 MAX_NESTING = 4
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_path(weights: str) -> Path:
