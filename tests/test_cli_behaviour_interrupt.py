@@ -75,6 +75,7 @@ def interrupt(optimizer, args, kwargs):
 
 
 register_optimizer_step_pre_hook(interrupt)
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a child of a background job inherits SIGINT ignored
 from medpeft_cli.cli import main
 
 main(sys.argv[2:])

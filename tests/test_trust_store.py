@@ -288,3 +288,29 @@ def test_store_errors_are_user_errors_for_library_callers(tmp_path):
         query(tmp_path / "x.duckdb")
     with pytest.raises(UserError, match="a SQLite database"):
         rebuild_store(tmp_path / "x.duckdb", tmp_path)
+
+
+def test_a_writer_waits_for_a_store_another_writer_is_creating(tmp_path):
+    """The first rows of a sweep land at once: a file still shorter than DuckDB's header (another writer
+    creating it) is waited for, not refused as empty."""
+    import threading
+
+    from medpeft_cli.store import append
+
+    db = tmp_path / "results.duckdb"
+    db.touch()  # what a concurrent writer leaves for a moment
+    creator_done = threading.Event()
+
+    def create_the_store():  # the other writer: DuckDB's file appears in place of the empty one
+        other = tmp_path / "other.duckdb"
+        append(other, {"run_key": "k0", "status": "ok", "method": "bn", "dataset": "d", "backbone": "b"})
+        other.replace(db)
+        creator_done.set()
+
+    timer = threading.Timer(0.5, create_the_store)
+    timer.start()
+    append(db, {"run_key": "k1", "status": "ok", "method": "bn", "dataset": "d", "backbone": "b"})
+    timer.join()
+    assert creator_done.is_set()
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert sorted(r[0] for r in con.execute("SELECT run_key FROM runs").fetchall()) == ["k0", "k1"]

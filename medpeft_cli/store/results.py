@@ -128,6 +128,10 @@ COLUMNS: dict[str, str] = {
 
 # How long a writer waits for another process's lock before giving up (seconds).
 LOCK_TIMEOUT_S = 120.0
+# How long a writer waits for a file shorter than DuckDB's header to become a database (another writer
+# creating it) before calling it an empty file (seconds).
+CREATION_TIMEOUT_S = 10.0
+HEADER_BYTES = 4096
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -135,14 +139,37 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
-def check_duckdb_file(db_path: Path) -> None:
+def _being_created(db_path: Path) -> bool:
+    """The file exists but is shorter than DuckDB's header: another writer may be creating it now."""
+    try:
+        return db_path.stat().st_size < HEADER_BYTES
+    except OSError:
+        return False
+
+
+def _wait_while_created(db_path: Path) -> None:
+    """Training processes of one sweep read the store while another may be creating it: give a file
+    shorter than DuckDB's header a moment to become a database (a file that stays short is then refused
+    as empty)."""
+    deadline = time.monotonic() + CREATION_TIMEOUT_S
+    delay = 0.02
+    while _being_created(db_path) and time.monotonic() < deadline:
+        time.sleep(delay * (1 + random.random()))
+        delay = min(delay * 2, 1.0)
+
+
+def check_duckdb_file(db_path: Path, writing: bool = False) -> None:
     """One line when an existing --db file is not a DuckDB database: empty, SQLite, anything else. Read
-    before DuckDB opens it (DuckDB would try to download an extension for a SQLite file)."""
+    before DuckDB opens it (DuckDB would try to download an extension for a SQLite file). A writer lets
+    DuckDB open a file shorter than its header: another writer may be creating it this very moment (the
+    first rows of a sweep land at once), and DuckDB's own file lock orders the two."""
     try:
         with open(db_path, "rb") as fh:
             head = fh.read(16)
     except OSError as exc:
         raise UserError(f"cannot read results database {db_path}: {exc.strerror}; pass another --db") from None
+    if writing and len(head) < 12:
+        return
     if not head:
         what = "an empty file"
     elif head.startswith(b"SQLite format 3\x00"):
@@ -157,12 +184,17 @@ def check_duckdb_file(db_path: Path) -> None:
 def _open(db_path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     """duckdb.connect, retried while another process holds the file's lock."""
     timeout_s = LOCK_TIMEOUT_S
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     delay = 0.02
     while True:
         try:
             return duck.connect(db_path, read_only=read_only)
         except duckdb.IOException as exc:
+            if not read_only and _being_created(db_path) and time.monotonic() < started + CREATION_TIMEOUT_S:
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 1.0)
+                continue
             if not _is_lock_error(exc):
                 raise UserError(f"cannot open results database {db_path}: {str(exc).splitlines()[0]}; check the path is a DuckDB file you can {'read' if read_only else 'write'}") from None
             if time.monotonic() >= deadline:
@@ -190,7 +222,7 @@ def _connect(db_path: Path, read_only: bool = False, missing_table_ok: bool = Fa
         except OSError as exc:
             raise UserError(f"cannot create the results directory {db_path.parent}: {exc.strerror}; choose a writable --db path") from None
     if db_path.exists():
-        check_duckdb_file(db_path)
+        check_duckdb_file(db_path, writing=not read_only)
     con = _open(db_path, read_only)
     try:
         present = _table_columns(con)
@@ -276,6 +308,7 @@ def check_database(db_path: str | Path) -> None:
     if db_path.exists():
         if db_path.is_dir():
             raise UserError(f"{db_path} is a directory; pass --db the path of a DuckDB file")
+        _wait_while_created(db_path)
         with _connect(db_path, read_only=True, missing_table_ok=True):
             pass
     else:
@@ -285,6 +318,7 @@ def check_database(db_path: str | Path) -> None:
 def has_run(db_path: str | Path, run_key: str) -> bool:
     if not Path(db_path).exists():
         return False
+    _wait_while_created(Path(db_path))
     with _connect(Path(db_path), read_only=True, missing_table_ok=True) as con:
         if _table_columns(con) is None:
             return False
