@@ -21,6 +21,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # look for uncached weights tried the network (47 s each in one run here).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# A checkpoint after every epoch and evaluation (train/resume.py rate-limits them to one per 30 s):
+# what a test finds in a checkpoint never depends on how fast the machine is. Child processes inherit
+# it; tests of the rate limit set their own (tests/test_checkpoint_interval.py).
+os.environ.setdefault("MEDPEFT_CHECKPOINT_INTERVAL_S", "0")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _data_cache(tmp_path_factory):

@@ -70,34 +70,39 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 # Run by the child: count optimizer steps with torch's global pre-hook; SIGKILL before the N-th one.
-KILL_AT_STEP = """
+# Run by a child process: send itself a signal (argv[1], e.g. SIGKILL) right before its N-th optimizer step
+# (argv[2]), then `medpeft ARGS` (argv[3:]). Sent from inside, where it lands does not depend on timing.
+SIGNAL_AT_STEP = """
 import os, signal, sys
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-target, calls = int(sys.argv[1]), [0]
+signum, target, calls = getattr(signal, sys.argv[1]), int(sys.argv[2]), [0]
 
 
-def kill_before_step(optimizer, args, kwargs):
+def signal_before_step(optimizer, args, kwargs):
     calls[0] += 1
     if calls[0] == target:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signum)
 
 
-register_optimizer_step_pre_hook(kill_before_step)
+register_optimizer_step_pre_hook(signal_before_step)
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a child of a background job inherits SIGINT ignored
 from medpeft_cli.cli import main
 
-try:
-    main(sys.argv[2:])
-finally:
-    print(f"the run ended after {calls[0]} optimizer steps", file=sys.stderr)
+main(sys.argv[3:])
 """
+
+
+def run_cli_signalled_at_step(args: list[str], step: int, cwd: Path, signal_name: str = "SIGKILL", env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`medpeft ARGS` in a child process that sends itself `signal_name` right before its step-th optimizer step."""
+    assert step >= 1, step
+    return subprocess.run([sys.executable, "-c", SIGNAL_AT_STEP, signal_name, str(step), *map(str, args)], cwd=cwd, env=env or child_env(),
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
 def run_cli_killed_at_step(args: list[str], step: int, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`medpeft ARGS` in a child process that SIGKILLs itself right before its step-th optimizer step."""
-    assert step >= 1, step
-    done = subprocess.run([sys.executable, "-c", KILL_AT_STEP, str(step), *map(str, args)], cwd=cwd, env=env or child_env(),
-                          capture_output=True, text=True)  # fmt: skip
+    done = run_cli_signalled_at_step(args, step, cwd, "SIGKILL", env)
     assert done.returncode == -signal.SIGKILL, f"the child was not killed at step {step} (exit {done.returncode}): {done.stderr[-2000:]}"
     return done
 

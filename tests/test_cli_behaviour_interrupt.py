@@ -7,12 +7,10 @@ same point on every machine: no sleeps, no races.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import at_optimizer_step, child_env, db_rows
+from helpers import at_optimizer_step, db_rows, run_cli_signalled_at_step
 
 from medpeft_cli.errors import Interrupted, RunInterrupted
 
@@ -60,34 +58,9 @@ def test_ctrl_c_before_any_checkpoint_promises_no_resume(cli, request, tmp_path)
     assert checkpoints(tmp_path) == [] and db_rows("results/medpeft.duckdb") == []
 
 
-# Run by the child: SIGINT to itself right before its N-th optimizer step, as a terminal's Ctrl-C would.
-SIGINT_AT_STEP = """
-import os, signal, sys
-from torch.optim.optimizer import register_optimizer_step_pre_hook
-
-target, calls = int(sys.argv[1]), [0]
-
-
-def interrupt(optimizer, args, kwargs):
-    calls[0] += 1
-    if calls[0] == target:
-        os.kill(os.getpid(), signal.SIGINT)
-
-
-register_optimizer_step_pre_hook(interrupt)
-signal.signal(signal.SIGINT, signal.default_int_handler)  # a child of a background job inherits SIGINT ignored
-from medpeft_cli.cli import main
-
-main(sys.argv[2:])
-"""
-
-
 @pytest.mark.slow
 def test_a_real_sigint_ends_the_process_with_130_and_one_line(tmp_path):
-    res = subprocess.run(
-        [sys.executable, "-c", SIGINT_AT_STEP, str(IN_EPOCH_2), *ARGS], cwd=tmp_path, env=child_env(),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    res = run_cli_signalled_at_step(ARGS, IN_EPOCH_2, tmp_path, "SIGINT")  # as a terminal's Ctrl-C would
     assert res.returncode == 130, res.stderr
     [line] = res.stderr.splitlines()
     assert line.startswith("medpeft: interrupted; the run's last checkpoint is runs/.partial/") and line.endswith("--resume to continue from it")

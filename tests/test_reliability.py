@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import at_optimizer_step, db_rows, run_cli_killed_at_step, seeded_step, single_thread  # noqa: F401
+from helpers import at_optimizer_step, child_env, db_rows, run_cli_killed_at_step, seeded_step, single_thread  # noqa: F401
 
 from medpeft_cli.report.runpage import shard
+from medpeft_cli.train.resume import INTERVAL_ENV
 
 pytestmark = pytest.mark.slow  # every test trains (the reference run: 3 epochs)
 
@@ -216,11 +217,25 @@ def test_sigkill_at_a_seeded_step_then_resume_equals_the_uninterrupted_run(cli, 
     """A real process killed with SIGKILL (no handler can run) at a seeded optimizer step after its first
     checkpoint; the kill comes from inside the child, so where it lands does not depend on timing."""
     step = seeded_step(request, STEPS_PER_EPOCH + 1, 3 * STEPS_PER_EPOCH)
-    run_cli_killed_at_step(["train", *ARGS, "-q", "--no-site"], step, cwd=tmp_path)
+    every_epoch = {**child_env(), INTERVAL_ENV: "0"}  # a checkpoint after every epoch, whatever the clock says
+    run_cli_killed_at_step(["train", *ARGS, "-q", "--no-site"], step, cwd=tmp_path, env=every_epoch)
     assert not (tmp_path / "runs" / reference["key"]).exists() and db_rows(tmp_path / "results" / "medpeft.duckdb") == []
     state = load_checkpoint(tmp_path, reference["key"])
     finished_epochs = (step - 1) // STEPS_PER_EPOCH  # the checkpoint written at the end of the last whole epoch
     assert (state["epoch"], state["step"], len(state["history"])) == (finished_epochs + 1, 0, finished_epochs)
+
+    resumed = cli("train", *ARGS, "-q", "--no-site", "--resume")
+    assert resumed.code == 0, resumed.stderr
+    assert_same_as_reference(tmp_path, reference)
+
+
+def test_sigkill_long_after_the_first_checkpoint_resumes_from_it_and_equals_the_uninterrupted_run(cli, tmp_path, reference, request):
+    """With routine checkpoints rate-limited (here: never again after the first), a kill in epoch 3
+    loses two epochs of work, not the result: the run resumes after epoch 1 and ends bitwise the same."""
+    step = seeded_step(request, 2 * STEPS_PER_EPOCH + 1, 3 * STEPS_PER_EPOCH)
+    run_cli_killed_at_step(["train", *ARGS, "-q", "--no-site"], step, cwd=tmp_path, env={**child_env(), INTERVAL_ENV: "1e9"})
+    state = load_checkpoint(tmp_path, reference["key"])
+    assert (state["epoch"], state["step"], len(state["history"])) == (2, 0, 1)
 
     resumed = cli("train", *ARGS, "-q", "--no-site", "--resume")
     assert resumed.code == 0, resumed.stderr

@@ -251,6 +251,16 @@ def test_significance_page_names_its_tests(tmp_path):
     assert "Wilcoxon signed-rank" in page and "p (Holm)" in page and ">worse<" in page  # B vs full on 12 pairs
 
 
+def test_a_one_dataset_study_gets_a_diagram_across_its_data_fractions(tmp_path):
+    rows = [make_row(f"{m}-{f}-{s}", m, v * f ** 0.1 + 0.01 * s, seed=s, data_fraction=f)
+            for f in (1.0, 0.2, 0.05) for s in range(3) for m, v in (("full", 0.8), ("A", 0.82), ("B", 0.6))]  # fmt: skip
+    build(rows, tmp_path / "site")
+    page = text(tmp_path / "site" / "significance.html")
+    assert page.count('class="chart cd"') == 1 and "dermaset across data fractions" in page
+    assert "k = 3 methods on N = 3 data fractions of dermaset" in page and "not across datasets" in page
+    assert page.count("No critical-difference analysis: it needs at least 3 methods with results on at least 2 common datasets") == 3
+
+
 def test_run_records_hold_spec_metrics_history_and_provenance(rows, tmp_path):
     build(rows, tmp_path / "site")
     site = tmp_path / "site"

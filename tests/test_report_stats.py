@@ -13,7 +13,7 @@ from medpeft_cli.report.boards import build_boards
 from medpeft_cli.report.catalog import Catalog
 from medpeft_cli.report.overview import build_views
 from medpeft_cli.report.runs import make_run
-from medpeft_cli.report.significance import analyse
+from medpeft_cli.report.significance import FRACTIONS, analyse, analyse_boards
 from medpeft_cli.report.stats import (
     Q_ALPHA_005,
     Stat,
@@ -271,6 +271,32 @@ def test_critical_difference_analysis_of_a_board():
     assert cd.cd == pytest.approx(2.569 * math.sqrt(4 * 5 / (6 * 5)))
     assert cd.significant
     assert cd.groups == [(0, 2), (1, 3)]
+
+
+def test_one_dataset_is_ranked_across_its_data_fractions_first():
+    """A one-dataset study (the demo) gets a critical-difference analysis with its data fractions as the
+    blocks, on the seed means of each fraction; the per-fraction analyses stay, saying why they have none."""
+    scores = {"full": (0.80, 0.67, 0.62), "A": (0.82, 0.68, 0.65), "B": (0.58, 0.51, 0.55), "C": (0.70, 0.64, 0.55)}
+    rows = [row(m, "breast", f1 + 0.01 * seed, seed=seed, fraction=fraction)
+            for m, per_fraction in scores.items() for fraction, f1 in zip((1.0, 0.2, 0.05), per_fraction) for seed in range(3)]  # fmt: skip
+    rows.append(row("D", "breast", 0.9, fraction=1.0))  # at one fraction only: left out of the complete-block test
+    (board,), views = boards_of(rows)
+    across, *per_fraction = analyse_boards(views)[board.id]
+    assert across.blocks == FRACTIONS and across.dataset == "breast" and across.datasets == [1.0, 0.2, 0.05]
+    # seed means (+0.01): ranks 100 % A full C B, 20 % A full C B, 5 % A full, then B and C tied at 3.5
+    assert across.methods == ["A", "full", "C", "B"] and across.avg_ranks == pytest.approx([1.0, 2.0, 3 + 1 / 6, 3 + 5 / 6])
+    assert across.left_out == ["D"] and across.test.k == 4 and across.test.n == 3
+    chi2, p = sps.friedmanchisquare(*np.array([[0.81, 0.83, 0.59, 0.71], [0.68, 0.69, 0.52, 0.65], [0.63, 0.66, 0.56, 0.56]]).T)
+    assert (across.test.chi2, across.test.p) == pytest.approx((chi2, p))
+    assert across.cd == pytest.approx(critical_difference(4, 3))
+    assert [cd.view.fraction for cd in per_fraction] == [1.0, 0.2, 0.05]
+    assert all(cd.test is None and "2 common datasets" in cd.reason for cd in per_fraction)
+
+
+def test_several_datasets_get_no_analysis_across_fractions():
+    rows = [row(m, d, v, fraction=f) for d in ("d1", "d2") for f in (1.0, 0.2) for m, v in (("full", 0.8), ("A", 0.7), ("B", 0.6))]
+    (board,), views = boards_of(rows)
+    assert [cd.blocks for cd in analyse_boards(views)[board.id]] == ["datasets", "datasets"]
 
 
 def test_no_critical_difference_with_too_few_methods():

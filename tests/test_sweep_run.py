@@ -1,6 +1,7 @@
 """Grid -> manifest -> local run of the missing runs -> report, on synthetic data with tiny models."""
 
 import json
+import os
 
 import duckdb
 import pytest
@@ -82,6 +83,29 @@ def test_concurrent_runs_as_subprocesses(cli, tmp_path):
     logs = sorted(p.name for p in (tmp_path / "sweeps" / "small.logs").iterdir())
     assert logs == ["0.log", "1.log"]
     assert "finished: test macro-F1" in (tmp_path / "sweeps" / "small.logs" / "1.log").read_text()
+
+
+def test_a_run_at_once_gets_the_exit_code_directory_and_environment_of_its_command(tmp_path, monkeypatch):
+    """`sweep run -j N` starts each run in a process of its own (forked from a fork server that imported
+    torch once, in whatever directory and environment it started): what the run sees and how it ends
+    must be what `medpeft ARGS` started fresh, here and now, gives."""
+    from medpeft_cli.sweep.local import _run_process
+
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "out.log"
+    assert _run_process(["sweep", "run-one", "missing.json", "--index", "0"], log, {**os.environ}) == 2
+    [line] = log.read_text().splitlines()
+    assert line.startswith("medpeft: error: ") and "missing.json" in line
+    # this call's directory: a relative grid and manifest path
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "grid.yaml").write_text(GRID)
+    monkeypatch.chdir(tmp_path / "sub")
+    assert _run_process(["sweep", "plan", "grid.yaml"], log, {**os.environ}) == 0
+    assert (tmp_path / "sub" / "sweeps" / "small.manifest.json").is_file()
+    # this call's environment: a setting the fork server never saw is read, and refused
+    bad = {**os.environ, "MEDPEFT_CHECKPOINT_INTERVAL_S": "soon"}
+    assert _run_process(["train", "--dataset", "synthetic-lesions", "--weights", "random", "--backbone", "test_vit", "-q"], log, bad) == 2
+    assert log.read_text().splitlines() == ["medpeft: error: MEDPEFT_CHECKPOINT_INTERVAL_S='soon' is not a number of seconds >= 0; unset it or set e.g. 30"]
 
 
 def _warm_hf_cache(cache, model_name):

@@ -140,6 +140,15 @@ def test_augmentation_is_only_in_the_training_transform():
     assert torch.isclose(a, torch.tensor(black)).any()
 
 
+@pytest.mark.parametrize("kind", ["none", "flip", "crop-flip"])
+@pytest.mark.parametrize("size", [28, 32])
+def test_model_input_is_channels_last_with_or_without_augmentation(kind, size):
+    """Augmentation must not silently change the input's memory layout (channels-last convolutions are
+    the fast ones on CPU): every transform gives the same NHWC-stored batch."""
+    x = InputTransform(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).augmented(kind)(torch.randint(0, 256, (4, 28, 28, 3), dtype=torch.uint8))
+    assert x.shape == (4, 3, size, size) and x.is_contiguous(memory_format=torch.channels_last)
+
+
 # ------------------------------------------------------------------ training (tiny model, seconds)
 
 @pytest.fixture(scope="module")

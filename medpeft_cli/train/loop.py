@@ -19,8 +19,9 @@ checkpoint. `max_steps` ends the run after that many optimizer steps, cutting th
 `history` holds the records in order: one per epoch (train_loss, lr, ...; `is_epoch_record`) and one
 per evaluation inside an epoch. Augmentation belongs in the task's `Step` (the batch is on the device there).
 
-Checkpoints (`Checkpointer`, train/resume.py) are written after every epoch and every evaluation inside
-an epoch and, when the stop flag is set (SIGTERM/SIGUSR1), after the current optimizer step; then
+Checkpoints (`Checkpointer`, train/resume.py) are written after an epoch or an evaluation inside an
+epoch when one is due (the run's first, then at most every CHECKPOINT_INTERVAL_S), always after the last
+epoch and, when the stop flag is set (SIGTERM/SIGUSR1), after the current optimizer step; then
 `Preempted` is raised. A loaded checkpoint continues from the step it was saved at, with the same data
 order and RNG states, so on CPU the result equals an uninterrupted run's bitwise. A NaN/Inf loss (looked
 at every DIVERGENCE_CHECK_STEPS optimizer steps and at the end of each epoch) ends training: `run()`
@@ -239,7 +240,7 @@ class EpochLoop:
         self.control.on_eval(record)
         state.started += time.perf_counter() - started  # evaluation time is not training time
         state.loss_sum = self.step.loss_sum
-        self._save(number, index, state)
+        self._save(number, index, state, routine=True)
 
     def _end_epoch(self, number: int, state: EpochState) -> str:
         accelerator = self.accelerator
@@ -263,15 +264,18 @@ class EpochLoop:
             self.evaluate(number, record)
         self.history.append(record)
         self.control.on_epoch(record)
-        self._save(number + 1, 0, EpochState(self.data_generator.get_state(), torch.zeros(())))
-        if any_process(accelerator, self.control.stop.requested):
+        last = number == self.epochs or self.steps_done == self.max_steps
+        stopping = any_process(accelerator, self.control.stop.requested)
+        self._save(number + 1, 0, EpochState(self.data_generator.get_state(), torch.zeros(())), routine=not (last or stopping))
+        if stopping:
             raise Preempted(f"{self.control.stop.reason}: stopped after epoch {number}")
         return ""
 
-    def _save(self, epoch: int, step: int, state: EpochState) -> None:
-        """Checkpoint "continue in `epoch` after `step` batches"."""
+    def _save(self, epoch: int, step: int, state: EpochState, routine: bool = False) -> None:
+        """Checkpoint "continue in `epoch` after `step` batches"; a `routine` one only when it is due
+        (decided alike on every process: each waits for the others after a save)."""
         checkpoint = self.control.checkpoint
-        if checkpoint is None:
+        if checkpoint is None or (routine and not any_process(self.accelerator, checkpoint.due())):
             return
         checkpoint.save({
             "epoch": epoch, "step": step, "accelerator_step": self.accelerator.step, "optimizer_steps": self.steps_done,
