@@ -48,6 +48,7 @@ def saved_epochs(monkeypatch):
     return epochs
 
 
+@pytest.mark.slow
 def test_tiny_epochs_write_the_first_and_the_last_checkpoint_only(cli, tmp_path, monkeypatch, saved_epochs):
     monkeypatch.setenv(INTERVAL_ENV, "1e9")
     res = cli("train", *TINY)
@@ -56,6 +57,7 @@ def test_tiny_epochs_write_the_first_and_the_last_checkpoint_only(cli, tmp_path,
     assert len(db_rows(tmp_path / "results" / "medpeft.duckdb")) == 1
 
 
+@pytest.mark.slow
 def test_with_no_interval_every_epoch_writes_one(cli, monkeypatch, saved_epochs):
     monkeypatch.setenv(INTERVAL_ENV, "0")
     assert cli("train", *TINY).code == 0

@@ -84,6 +84,7 @@ def test_parameter_counts_are_whole_in_a_pipe():
             assert f"{r['method']}: does not apply: {r['error']}" in lines, r["method"]
 
 
+@pytest.mark.slow
 def test_sweep_plan_show_lists_every_run_key_whole(tmp_path):
     grid = tmp_path / "a-grid-with-a-rather-long-name-for-its-manifest.yaml"
     grid.write_text(

@@ -116,6 +116,7 @@ def test_new_fields_leave_existing_run_keys_alone():
     assert run_key(build_spec(flags={"seed": 1, "train.class_weighting": "loss"})) != run_key(plain)
 
 
+@pytest.mark.slow
 def test_text_to_image_data_is_refused_by_train(cli, tmp_path):
     from raw_layouts import make_mimic
 

@@ -85,6 +85,7 @@ def test_concurrent_runs_as_subprocesses(cli, tmp_path):
     assert "finished: test macro-F1" in (tmp_path / "sweeps" / "small.logs" / "1.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_run_at_once_gets_the_exit_code_directory_and_environment_of_its_command(tmp_path, monkeypatch):
     """`sweep run -j N` starts each run in a process of its own (forked from a fork server that imported
     torch once, in whatever directory and environment it started): what the run sees and how it ends

@@ -85,6 +85,7 @@ def test_lora_run_saves_a_diffusers_lora_that_loads_into_the_pipeline(cli, tmp_p
     assert json.loads((run / "result.json").read_text())["test_fid_std"] is None  # one seed: no spread
 
 
+@pytest.mark.slow
 def test_bad_t2i_inputs_fail_before_training_with_one_line(cli, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))  # no cached Inception weights
     captionless = cli("train", "--task", "t2i", "--dataset", "synthetic-lesions", "--no-site")

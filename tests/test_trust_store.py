@@ -314,3 +314,21 @@ def test_a_writer_waits_for_a_store_another_writer_is_creating(tmp_path):
     assert creator_done.is_set()
     with duckdb.connect(str(db), read_only=True) as con:
         assert sorted(r[0] for r in con.execute("SELECT run_key FROM runs").fetchall()) == ["k0", "k1"]
+
+
+@pytest.mark.parametrize(
+    ("content", "waited_for"),
+    [
+        (b"", True),  # DuckDB has created the file and not yet written its header
+        (b"\x00" * 8 + b"DUCK", True),  # the start of DuckDB's header
+        (b"SQLite format 3\x00" + b"\x00" * 4000, False),  # short, but not DuckDB: refused at once
+        (b"not a database\n", False),
+        (b"\x00" * 8 + b"DUCK" + b"\x00" * 5000, False),  # a whole header: DuckDB opens (or refuses) it
+    ],
+)
+def test_only_a_short_file_that_can_become_duckdb_is_waited_for(tmp_path, content, waited_for):
+    from medpeft_cli.store.results import _being_created
+
+    db = tmp_path / "results.duckdb"
+    db.write_bytes(content)
+    assert _being_created(db) is waited_for

@@ -140,11 +140,15 @@ def _is_lock_error(exc: Exception) -> bool:
 
 
 def _being_created(db_path: Path) -> bool:
-    """The file exists but is shorter than DuckDB's header: another writer may be creating it now."""
+    """The file exists but is shorter than DuckDB's header, and what it holds so far could be the start
+    of one (DuckDB writes its magic at byte 8 in its first write): another writer may be creating it
+    now. A short file with other first bytes (a SQLite file, text) is not waited for."""
     try:
-        return db_path.stat().st_size < HEADER_BYTES
+        with open(db_path, "rb") as fh:
+            head = fh.read(HEADER_BYTES)
     except OSError:
         return False
+    return len(head) < HEADER_BYTES and (len(head) < 12 or head[8:12] == DUCKDB_MAGIC)
 
 
 def _wait_while_created(db_path: Path) -> None:
