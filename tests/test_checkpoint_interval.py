@@ -10,7 +10,7 @@ from helpers import db_rows
 
 from medpeft_cli.train.resume import CHECKPOINT_INTERVAL_S, INTERVAL_ENV, Checkpointer
 
-# test_vit at 32 px, 6 images (5 % of synthetic-lesions' training split) at batch 16: one step per epoch.
+# test_vit at 32 px on 120 images (5 % of synthetic-lesions' training split) at batch 16: 6 short epochs.
 TINY = ["--dataset", "synthetic-lesions", "--weights", "random", "--backbone", "test_vit", "--image-size", "32",
         "--data-fraction", "0.05", "--batch-size", "16", "--method", "lora", "-q", "--no-site", "--epochs", "6"]  # fmt: skip
 
