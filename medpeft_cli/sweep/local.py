@@ -203,11 +203,12 @@ def _forked_cli(args: list[str], log: str, env: dict[str, str], cwd: str) -> Non
         import torch
 
         torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
-    from medpeft_cli.cli import main
+    import runpy
 
+    sys.argv = ["medpeft", *args]
     code = 0
     try:
-        main(args)
+        runpy.run_module("medpeft_cli", run_name="__main__", alter_sys=True)  # `python -m medpeft_cli ARGS`
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:  # a crash: the traceback into the log and exit 1, as the interpreter would
