@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from medpeft_cli.errors import UserError
+from medpeft_cli.staging import staged
 from medpeft_cli.report.rowjson import plain
 from medpeft_cli.report.sitedir import MARKER
 
@@ -103,7 +104,7 @@ def write_release(releases_dir: Path, name: str, build: Callable[[Path], Any], i
 
     target = check_new(releases_dir, name)
     tmp = target.parent / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with staged(tmp, lambda reason: f"cannot write release {name} under {target.parent}: {reason}; check --releases-dir is writable"):
         target.parent.mkdir(parents=True, exist_ok=True)
         build(tmp)
         (tmp / MARKER).unlink(missing_ok=True)  # no longer a folder `medpeft report --out` may replace
@@ -117,10 +118,4 @@ def write_release(releases_dir: Path, name: str, build: Callable[[Path], Any], i
             if path.is_file():
                 path.chmod(0o444)
         os.rename(tmp, target)  # fails if a release of that name appeared meanwhile: never replaced
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"cannot write release {name} under {target.parent}: {exc.strerror or exc}; check --releases-dir is writable") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medpeft_cli.errors import UserError
+from medpeft_cli.staging import staged
 
 MARKER = ".medpeft-site"
 
@@ -35,7 +36,7 @@ def write_site(out_dir: str | Path, fill: Callable[[Path], None]) -> Path:
     tag = uuid.uuid4().hex[:8]
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{tag}"
     old = out_dir.parent / f".{out_dir.name}.old-{tag}"
-    try:
+    with staged(tmp, lambda reason: f"cannot write the site to {out_dir}: {reason}; check the folder is writable"):
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         fill(tmp)
@@ -48,11 +49,5 @@ def write_site(out_dir: str | Path, fill: Callable[[Path], None]) -> Path:
             if old.exists():
                 old.rename(out_dir)
             raise
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"cannot write the site to {out_dir}: {exc.strerror or exc}; check the folder is writable") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     shutil.rmtree(old, ignore_errors=True)
     return out_dir

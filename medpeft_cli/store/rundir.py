@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medpeft_cli.errors import UserError
+from medpeft_cli.staging import staged
 from medpeft_cli.jsonsafe import finite
 
 RESULT_FILE = "result.json"
@@ -39,7 +40,7 @@ def write_run_dir(runs_dir: Path, run_key: str, fill: Callable[[Path], dict[str,
     except OSError as exc:
         raise UserError(f"cannot create runs directory {runs_dir}: {exc.strerror}; choose a writable --runs-dir") from None
     tmp = runs_dir / f".tmp-{run_key}-{uuid.uuid4().hex[:8]}"
-    try:
+    with staged(tmp, lambda reason: f"cannot write run directory under {runs_dir}: {reason}; free disk space or choose another --runs-dir"):
         tmp.mkdir()
         row = fill(tmp)
         write_json(tmp / RESULT_FILE, row)
@@ -53,12 +54,6 @@ def write_run_dir(runs_dir: Path, run_key: str, fill: Callable[[Path], dict[str,
             final.rename(trash)
             shutil.rmtree(trash, ignore_errors=True)
         tmp.rename(final)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"cannot write run directory under {runs_dir}: {exc.strerror or exc}; free disk space or choose another --runs-dir") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
